@@ -1,0 +1,37 @@
+# scalinglab: two commands set up everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV     := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# Default test run: everything except tests marked slow (see pyproject.toml).
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: venv demo demo-synthetic test test-all bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x "$(UV)" || $(PYTHON) -m pip install --quiet --user uv==0.13.9
+	"$(UV)" sync --frozen --python 3.11
+	@touch $@
+
+demo: venv
+	$(BIN)/scalinglab demo
+
+demo-synthetic: venv
+	$(BIN)/scalinglab demo --synthetic
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest
+
+# Benchmarks compare against reference implementations (PyTorch, scipy loops);
+# torch is an optional extra installed only here, from the machine's CPU wheel via pip.
+bench: venv
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet --python $(BIN)/python "torch==2.13.0"
+	$(BIN)/scalinglab bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

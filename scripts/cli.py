@@ -1,0 +1,90 @@
+"""The ``scalinglab`` command: one entry point, one subcommand per job.
+
+Each sub-package contributes its subcommands through a ``register(subparsers)``
+function in its own ``cli`` module; this file only wires them together and turns
+:class:`scalinglab.errors.UserError` (and argparse errors) into one line on
+stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+from scalinglab.errors import UserError
+
+# Modules that contribute subcommands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "scalinglab.models.cli",  # params, flops
+    "scalinglab.data.cli",  # data prepare|stats
+    "scalinglab.train.cli",  # train, batch-sweep
+    "scalinglab.scaling.cli",  # fit, fit-batch, report
+    "scalinglab.ladder_cli",  # ladder, demo
+    "scalinglab.benchmarks.cli",  # bench
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parse_set(items: Sequence[str] | None) -> dict[str, str]:
+    """Parse repeated ``--set key=value`` arguments into a dict of raw strings."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        out[key] = value.strip()
+    return out
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (the ``--json`` contract of every subcommand)."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="scalinglab",
+        description="Train transformer size ladders and fit scaling laws.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a sub-package still under construction
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        sys.stderr.write(f"scalinglab {args.command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("scalinglab: interrupted\n")
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

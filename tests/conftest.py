@@ -1,0 +1,7 @@
+"""Test-wide setup: 8 forced CPU devices (multi-device tests), f32 matmuls at full precision."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
