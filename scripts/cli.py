@@ -20,9 +20,12 @@ from scalinglab.errors import UserError
 COMMAND_MODULES = (
     "scalinglab.models.cli",  # params, flops
     "scalinglab.data.cli",  # data prepare|stats
-    "scalinglab.train.cli",  # train, batch-sweep
-    "scalinglab.scaling.cli",  # fit, fit-batch, report
-    "scalinglab.ladder_cli",  # ladder, demo
+    "scalinglab.train.cli",  # train
+    "scalinglab.train.sweep_cli",  # batch-sweep
+    "scalinglab.train.ladder_cli",  # ladder, demo
+    "scalinglab.scaling.cli",  # fit
+    "scalinglab.scaling.batch_cli",  # fit-batch
+    "scalinglab.scaling.report_cli",  # report
     "scalinglab.benchmarks.cli",  # bench
 )
 
