@@ -1,0 +1,77 @@
+"""GNS estimator vs closed form on linear regression, and vs the per-example diagnostic.
+
+Model: x ~ N(0, I_d), y = x·w* + ε, ε ~ N(0, σ²), loss ½(x·w − y)². With δ = w − w*, the
+per-example gradient g = (x·δ − ε)x has mean G = δ and covariance
+Σ = (|δ|² + σ²) I + δδᵀ (Isserlis), so tr Σ = d(|δ|² + σ²) + |δ|², B_simple = tr Σ / |δ|².
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from scalinglab.train import gns, step as step_lib
+
+D, SIGMA = 16, 1.0
+
+
+def loss_fn(params, batch):
+    r = batch["x"] @ params["w"] - batch["y"]
+    return 0.5 * jnp.mean(r**2)
+
+
+def problem(seed=0):
+    rng = np.random.default_rng(seed)
+    w_star = rng.normal(size=D).astype(np.float32)
+    delta = rng.normal(size=D).astype(np.float32)
+    delta *= 1.0 / np.linalg.norm(delta)  # |δ|² = 1
+    w = w_star + delta
+    g2 = float(delta @ delta)
+    trace = D * (g2 + SIGMA**2) + g2
+    return w_star, {"w": jnp.asarray(w)}, {"g2": g2, "trace": trace, "b_simple": trace / g2}
+
+
+def sample(key, w_star, n):
+    kx, ke = jax.random.split(key)
+    x = jax.random.normal(kx, (n, D))
+    y = x @ w_star + SIGMA * jax.random.normal(ke, (n,))
+    return {"x": x, "y": y}
+
+
+def test_unbiased_estimates_invert_expectations():
+    # E|g_b|² = |G|² + tr Σ / b exactly → the estimator returns (|G|², tr Σ).
+    g2, trace = 2.5, 40.0
+    s, b = g2 + trace / 8, g2 + trace / 64
+    est_g2, est_trace = gns.unbiased_estimates(s, b, 8, 64)
+    np.testing.assert_allclose([est_g2, est_trace], [g2, trace], rtol=1e-6)
+
+
+def test_ema_bias_correction():
+    st = gns.init_state()
+    for _ in range(3):
+        st = gns.update(st, 2.0, 6.0, 0.9)
+    g2, trace, b = gns.corrected(st, 0.9)
+    np.testing.assert_allclose([g2, trace, b], [2.0, 6.0, 3.0], rtol=1e-6)
+    st2 = gns.update(st, jnp.nan, jnp.nan, 0.9, ok=False)
+    assert int(st2.count) == 3 and float(st2.g2_ema) == float(st.g2_ema)
+
+
+@pytest.mark.parametrize("mode", ["accum", "groups"])
+def test_in_loop_b_simple_matches_closed_form(mode):
+    w_star, params, truth = problem()
+    opt = optax.sgd(0.0)  # parameters stay fixed: G and Σ are constant
+    kwargs = dict(grad_accum=4) if mode == "accum" else dict(gns_groups=4)
+    step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, **kwargs))
+    state = step_lib.init_state(params, opt)
+    key = jax.random.key(1)
+    for i in range(600):
+        state, m = step(state, sample(jax.random.fold_in(key, i), w_star, 64))
+    assert abs(float(m["gns_b_simple"]) / truth["b_simple"] - 1) < 0.10
+    assert abs(float(m["gns_trace"]) / truth["trace"] - 1) < 0.10
+    assert abs(float(m["gns_g2"]) / truth["g2"] - 1) < 0.15
+    diag = gns.per_example_estimate(loss_fn, params, sample(jax.random.key(7), w_star, 8192))
+    assert abs(float(diag["b_simple"]) / truth["b_simple"] - 1) < 0.10
+    assert abs(float(diag["trace"]) / truth["trace"] - 1) < 0.05
+    # in-loop and exact diagnostic agree with each other
+    assert abs(float(m["gns_b_simple"]) / float(diag["b_simple"]) - 1) < 0.15

@@ -1,0 +1,181 @@
+"""One training step: gradients (with accumulation), GNS statistics, AdamW update, non-finite skip.
+
+The step is generic over ``loss_fn(params, batch) -> scalar mean loss``, where ``batch``
+is a pytree whose leaves have a leading example axis (for a language model,
+``int32[batch, seq_len + 1]``). The state is a dict pytree::
+
+    {"params", "opt_state", "step" (int32, batches consumed), "skipped" (int32, total
+     non-finite steps), "bad_streak" (int32, consecutive non-finite steps), "gns" (GNSState)}
+
+Gradient noise scale, small vs big batch (see :mod:`scalinglab.train.gns`):
+
+* ``grad_accum ≥ 2``: each microbatch gradient is a small batch (``B/grad_accum`` examples);
+* else ``gns_groups = G ≥ 2``: the batch is split into G groups whose gradients are taken
+  with ``vmap`` (the per-data-shard gradients under data parallelism, group axis sharded
+  over ``data``, or two halves on one device); their mean is the full gradient;
+* the big batch is always the full gradient of all ``B`` examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from scalinglab.train import gns as gns_lib
+
+LossFn = Callable[[Any, Any], jax.Array]
+
+
+def global_sq_norm(tree: Any) -> jax.Array:
+    """Σ of squared entries over every leaf, in float32."""
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation) -> dict[str, Any]:
+    zero = jnp.zeros((), jnp.int32)
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": zero,
+        "skipped": zero,
+        "bad_streak": zero,
+        "gns": gns_lib.init_state(),
+    }
+
+
+def _strided_split(batch: Any, n: int) -> Any:
+    """[B, ...] → [n, B/n, ...] with group j = examples j, j+n, j+2n, … (keeps the sharded axis local)."""
+
+    def split(x):
+        y = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+        return jnp.swapaxes(y, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _contiguous_split(batch: Any, n: int, sharding: NamedSharding | None) -> Any:
+    """[B, ...] → [n, B/n, ...] with group g = the g-th contiguous block (= the g-th data shard)."""
+
+    def split(x):
+        y = x.reshape((n, x.shape[0] // n) + x.shape[1:])
+        if sharding is not None:
+            spec = P(*sharding.spec, *([None] * (y.ndim - len(sharding.spec))))
+            y = jax.lax.with_sharding_constraint(y, NamedSharding(sharding.mesh, spec))
+        return y
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    grad_accum: int = 1,
+    gns: bool = True,
+    gns_groups: int = 2,
+    gns_ema: float = 0.95,
+    group_sharding: NamedSharding | None = None,
+) -> Callable[[dict, Any], tuple[dict, dict]]:
+    """Build ``step(state, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
+
+    ``group_sharding`` (optional) is the sharding of the ``[G, B/G, ...]`` grouped batch,
+    e.g. ``P('data', 'fsdp')`` so each group is one data shard.
+    metrics: loss, grad_norm (before clipping), lr, finite, skipped, gns_g2, gns_trace,
+    gns_b_simple (bias-corrected EMAs; NaN when GNS is off or before its first update).
+    """
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def gradients(params, batch):
+        n_examples = jax.tree.leaves(batch)[0].shape[0]
+        if grad_accum > 1:
+            micro = _strided_split(batch, grad_accum)
+
+            def body(carry, mb):
+                g_sum, loss_sum, sq_sum = carry
+                loss, g = grad_fn(params, mb)
+                g_sum = jax.tree.map(jnp.add, g_sum, g)
+                return (g_sum, loss_sum + loss, sq_sum + global_sq_norm(g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (g_sum, loss_sum, sq_sum), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), micro)
+            grads = jax.tree.map(lambda g: g / grad_accum, g_sum)
+            return loss_sum / grad_accum, grads, sq_sum / grad_accum, n_examples / grad_accum
+        if gns and gns_groups > 1:
+            if group_sharding is not None:
+                groups = _contiguous_split(batch, gns_groups, group_sharding)
+            else:
+                groups = _strided_split(batch, gns_groups)
+            losses, group_grads = jax.vmap(grad_fn, in_axes=(None, 0))(params, groups)
+            sq_small = jnp.mean(jax.vmap(global_sq_norm)(group_grads))
+            grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), group_grads)
+            return jnp.mean(losses), grads, sq_small, n_examples / gns_groups
+        loss, grads = grad_fn(params, batch)
+        return loss, grads, jnp.float32(jnp.nan), None
+
+    def step(state: dict, batch: Any) -> tuple[dict, dict]:
+        params, opt_state = state["params"], state["opt_state"]
+        n_examples = jax.tree.leaves(batch)[0].shape[0]
+        loss, grads, sq_small, b_small = gradients(params, batch)
+        sq_big = global_sq_norm(grads)
+        grad_norm = jnp.sqrt(sq_big)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+
+        gns_state = state["gns"]
+        if b_small is not None and gns:
+            g2, trace = gns_lib.unbiased_estimates(sq_small, sq_big, b_small, n_examples)
+            gns_state = gns_lib.update(gns_state, g2, trace, gns_ema, ok=finite)
+        g2_c, trace_c, b_simple = gns_lib.corrected(gns_state, gns_ema)
+
+        applied = state["step"] - state["skipped"]  # optimizer updates applied before this one
+        bad = (~finite).astype(jnp.int32)
+        new_state = {
+            "params": params,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "skipped": state["skipped"] + bad,
+            "bad_streak": (state["bad_streak"] + bad) * bad,
+            "gns": gns_state,
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(schedule(applied), jnp.float32),
+            "finite": finite,
+            "skipped": new_state["skipped"],
+            "bad_streak": new_state["bad_streak"],
+            "gns_g2": g2_c,
+            "gns_trace": trace_c,
+            "gns_b_simple": b_simple,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any) -> Callable:
+    """jit with explicit in/out shardings; the state buffers are donated (updated in place)."""
+    replicated = jax.tree.map(lambda s: NamedSharding(s.mesh, P()), batch_sharding)
+    metric_sharding = jax.tree.leaves(replicated)[0]
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, metric_sharding),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(loss_fn: LossFn, params_shardings: Any, batch_sharding: Any) -> Callable:
+    """jitted ``eval(params, batch) -> mean loss`` with the training shardings."""
+    metric_sharding = NamedSharding(jax.tree.leaves(batch_sharding)[0].mesh, P())
+    return jax.jit(loss_fn, in_shardings=(params_shardings, batch_sharding), out_shardings=metric_sharding)
