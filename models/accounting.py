@@ -1,0 +1,207 @@
+"""Exact parameter and FLOP accounting for :class:`~scalinglab.models.transformer.Transformer`.
+
+Every number is a Python ``int`` (parameters, or FLOPs per token; one FLOP is one
+multiply or one add, so a multiply-accumulate is 2 FLOPs).
+
+Notation: L = n_layer, D = d_model, V = vocab_size, C = n_ctx, N = n_head,
+K = kv heads, H = head_dim (N·H = d_attn = D), F = MLP width (ff_dim),
+T = sequence length actually run, m = MLP matrices (2 for GELU, 3 for SwiGLU).
+
+Parameter groups (they partition the model: they sum to ``total``):
+
+* ``token_embedding``    V·D (the tied head is this same table)
+* ``position_embedding`` C·D for learned positions (gpt2), 0 for RoPE
+* ``attention``          L·(D·N·H + 2·D·K·H + N·H·D)   projection weights only
+* ``mlp``                L·m·D·F                        weights only
+* ``norms``              (2L+1)·D·(2 for LayerNorm scale+shift, 1 for RMSNorm)
+* ``biases``             L·(N·H + 2·K·H + D + F + D) for gpt2, 0 for modern
+* ``head``               D·V when untied, 0 when tied
+
+Conventions (Kaplan et al. 2020): ``embedding`` = token + position tables;
+``non_embedding`` (Kaplan's N) = total − embedding − untied head. A tied head *is*
+the embedding table; an untied head is a separate matrix reported as ``head`` and
+excluded from N like the embedding it mirrors (``non_embedding_with_head`` includes it,
+for papers that count it). So total = embedding + head + non_embedding.
+
+Forward FLOPs per token (T = ``seq_len``):
+
+* ``kaplan``       2·N + 2·L·T·D (Kaplan et al. 2020, table 1, with n_ctx = T, d_attn = D).
+* ``chinchilla``   Hoffmann et al. 2022, appendix F, per token: embeddings 2·V·D;
+  per layer QKV 2·D·H·(N + 2K) (= 2·3·D·d_attn without GQA), QK logits 2·T·H·N,
+  softmax 3·N·T, values 2·T·H·N, output projection 2·H·N·D, MLP 2·m·D·F
+  (the paper's 2·2·D·F, with a third matrix for SwiGLU); final logits 2·D·V.
+* ``matmul_exact`` the sum of every matmul the forward actually runs:
+  L·(2·D·H·(N+2K) + 2·T·N·H + 2·T·N·H + 2·N·H·D + 2·m·D·F) + 2·D·V.
+  Attention scores and values are counted over the full T×T matrix, because
+  ``jax.nn.dot_product_attention`` (XLA implementation) computes them all and masks
+  afterwards. Embedding lookups are gathers (0 FLOPs). Equal, as an integer, to the
+  count from walking the jaxpr (:func:`model_jaxpr_flops_per_token`).
+
+Training FLOPs per token = 3 × matmul_exact (backward = 2 × forward); this is the
+C the training loop accumulates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scalinglab.errors import UserError
+from scalinglab.models.config import ModelConfig, validate
+from scalinglab.models.jaxpr_flops import jaxpr_flops
+
+__all__ = [
+    "param_counts",
+    "forward_flops_per_token",
+    "chinchilla_terms",
+    "train_flops_per_token",
+    "jaxpr_flops",
+    "model_jaxpr_flops_per_token",
+    "xla_flops_per_token",
+    "count_params",
+    "abstract_model",
+]
+
+
+def _mlp_matrices(cfg: ModelConfig) -> int:
+    return 2 if cfg.family == "gpt2" else 3
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, Any]:
+    """Parameter counts by group, total, embedding, Kaplan's non-embedding N, 12·L·D² and the gap."""
+    cfg = validate(cfg)
+    L, D, V, C = cfg.n_layer, cfg.d_model, cfg.vocab_size, cfg.n_ctx
+    N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
+    by_group = {
+        "token_embedding": V * D,
+        "position_embedding": C * D if cfg.learned_positions else 0,
+        "attention": L * (D * N * H + 2 * D * K * H + N * H * D),
+        "mlp": L * _mlp_matrices(cfg) * D * F,
+        "norms": (2 * L + 1) * D * (2 if cfg.family == "gpt2" else 1),
+        "biases": L * (N * H + 2 * K * H + D + F + D) if cfg.use_bias else 0,
+        "head": 0 if cfg.tied else D * V,
+    }
+    total = sum(by_group.values())
+    embedding = by_group["token_embedding"] + by_group["position_embedding"]
+    non_embedding = total - embedding - by_group["head"]
+    closed_form = 12 * L * D * D
+    return {
+        "total": total,
+        "non_embedding": non_embedding,
+        "non_embedding_with_head": non_embedding + by_group["head"],
+        "embedding": embedding,
+        "head": by_group["head"],
+        "closed_form_12Ld2": closed_form,
+        "gap_vs_12Ld2": non_embedding - closed_form,
+        "by_group": by_group,
+    }
+
+
+def _check_seq_len(cfg: ModelConfig, seq_len: int) -> int:
+    seq_len = int(seq_len)
+    if not 1 <= seq_len <= cfg.n_ctx:
+        raise UserError(f"--seq-len must be between 1 and n_ctx={cfg.n_ctx}, got {seq_len}")
+    return seq_len
+
+
+def chinchilla_terms(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    """Hoffmann et al. 2022 appendix F forward FLOPs per token, term by term (all layers summed)."""
+    cfg = validate(cfg)
+    T = _check_seq_len(cfg, seq_len)
+    L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
+    N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
+    return {
+        "embeddings": 2 * V * D,
+        "qkv": L * 2 * D * H * (N + 2 * K),
+        "qk_logits": L * 2 * T * H * N,
+        "softmax": L * 3 * N * T,
+        "attention_values": L * 2 * T * H * N,
+        "output_projection": L * 2 * H * N * D,
+        "mlp": L * 2 * _mlp_matrices(cfg) * D * F,
+        "final_logits": 2 * D * V,
+    }
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    """Forward FLOPs per token three ways: ``kaplan``, ``chinchilla``, ``matmul_exact``."""
+    cfg = validate(cfg)
+    T = _check_seq_len(cfg, seq_len)
+    L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
+    N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
+    n_non_embedding = param_counts(cfg)["non_embedding"]
+    per_layer = (
+        2 * D * H * (N + 2 * K)  # q, k, v projections
+        + 2 * T * N * H  # scores q·k over all T keys
+        + 2 * T * N * H  # probabilities · values
+        + 2 * N * H * D  # output projection
+        + 2 * _mlp_matrices(cfg) * D * F  # MLP
+    )
+    return {
+        "kaplan": 2 * n_non_embedding + 2 * L * T * N * H,
+        "chinchilla": sum(chinchilla_terms(cfg, T).values()),
+        "matmul_exact": L * per_layer + 2 * D * V,
+    }
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Training FLOPs per token: forward + backward = 3 × matmul-exact forward."""
+    return 3 * forward_flops_per_token(cfg, seq_len)["matmul_exact"]
+
+
+def count_params(tree: Any) -> int:
+    """Parameters in a model or state, counted as the sum of its ``nnx.Param`` leaf sizes."""
+    state = nnx.state(tree, nnx.Param) if isinstance(tree, nnx.Module) else tree
+    return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def abstract_model(cfg: ModelConfig, dtype: Any = jnp.float32) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, abstract state) of the model: shapes only, no weights allocated."""
+    from scalinglab.models.transformer import Transformer
+
+    model = nnx.eval_shape(lambda: Transformer(validate(cfg), rngs=nnx.Rngs(0), dtype=dtype))
+    return nnx.split(model)
+
+
+def _forward_and_args(cfg: ModelConfig, seq_len: int, batch: int, dtype: Any):
+    graphdef, state = abstract_model(cfg, dtype)
+
+    def forward(state, tokens_BT):
+        return nnx.merge(graphdef, state)(tokens_BT)
+
+    return forward, (state, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32))
+
+
+def model_jaxpr_flops_per_token(cfg: ModelConfig, seq_len: int, *, dtype: Any = jnp.float32) -> int:
+    """Forward FLOPs per token from walking the jaxpr of the model on a [1, seq_len] batch."""
+    cfg = validate(cfg)
+    T = _check_seq_len(cfg, seq_len)
+    fn, args = _forward_and_args(cfg, T, 1, dtype)
+    flops = jaxpr_flops(fn, *args)
+    if flops % T:
+        raise AssertionError(f"jaxpr FLOPs {flops} not a multiple of seq_len {T}")
+    return flops // T
+
+
+def xla_flops_per_token(cfg: ModelConfig, seq_len: int, *, compiled: bool = False) -> float | None:
+    """XLA's own ``cost_analysis()['flops']`` of the forward per token, or None if unavailable.
+
+    By default from the lowered (unoptimised) HLO, which needs no compilation; XLA counts
+    elementwise work too, so expect it above the matmul count.
+    """
+    cfg = validate(cfg)
+    T = _check_seq_len(cfg, seq_len)
+    fn, args = _forward_and_args(cfg, T, 1, jnp.float32)
+    try:
+        lowered = jax.jit(fn).lower(*args)
+        analysis = (lowered.compile() if compiled else lowered).cost_analysis()
+    except NotImplementedError:
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        return None
+    return float(analysis["flops"]) / T
+
