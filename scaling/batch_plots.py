@@ -1,0 +1,109 @@
+"""Figures of a batch-size sweep (matplotlib, Agg, log axes), written atomically as PNG.
+
+- ``tradeoff.png``: steps S vs examples E for each target loss, one point per run (labelled by
+  batch size), with the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1 and its 2× point
+  (2·E_min, 2·S_min) at B = B_crit.
+- ``bcrit.png``: B_crit(L) with bootstrap intervals and the fitted B*/L^(1/α_B), together with the
+  in-loop B_simple(L) trajectory of every run and its median at the target losses. Batch sizes in
+  sequences, loss in nats/token.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from scalinglab.fileio import atomic_write_bytes
+from scalinglab.scaling.critical_batch import RunCurve, hyperbola_steps
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Render ``fig`` to PNG bytes and write them atomically; closes the figure."""
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def plot_tradeoff(result: dict[str, Any], path: str | Path) -> Path:
+    """S vs E per target with the fitted hyperbola (``result``: JSON-safe :func:`analyze_sweep` output)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    cmap = plt.get_cmap("viridis")
+    targets = result["targets"]
+    b_all = np.array(result["batch_sizes"], dtype=np.float64)
+    b_curve = np.geomspace(b_all.min() / 8, b_all.max() * 8, 200)
+    for k, t in enumerate(targets):
+        color = cmap(k / max(len(targets) - 1, 1))
+        pts = [(r["examples"], r["steps"], r["batch_size"]) for r in t["runs"] if r["steps"] is not None]
+        e, s, b = (np.array(v, dtype=np.float64) for v in zip(*pts))
+        ax.scatter(e, s, color=color, zorder=3, s=18)
+        if k == 0:
+            for ei, si, bi in zip(e, s, b):
+                ax.annotate(f"B={bi:g}", (ei, si), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        s_fit = hyperbola_steps(b_curve, t["S_min"], t["E_min"])
+        ax.plot(b_curve * s_fit, s_fit, color=color, lw=1.2, label=f"L={t['loss']:.3f}  B_crit={t['B_crit']:.3g}")
+        ax.scatter([2 * t["E_min"]], [2 * t["S_min"]], marker="x", color=color, s=40, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("examples E = B·S (sequences)")
+    ax.set_ylabel("steps S")
+    ax.set_title("steps vs examples to reach each target loss (x: B = B_crit, 2·S_min, 2·E_min)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | Path) -> Path:
+    """B_crit(L) with intervals and fitted power law, plus each run's in-loop B_simple(L)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    loss = np.array([t["loss"] for t in result["targets"]])
+    bcrit = np.array([t["B_crit"] for t in result["targets"]])
+    lo = np.array([(t["ci"]["B_crit"] or [np.nan, np.nan])[0] for t in result["targets"]])
+    hi = np.array([(t["ci"]["B_crit"] or [np.nan, np.nan])[1] for t in result["targets"]])
+    yerr = np.array([np.where(np.isfinite(lo), bcrit - lo, 0.0), np.where(np.isfinite(hi), hi - bcrit, 0.0)])
+    ax.errorbar(loss, bcrit, yerr=yerr, fmt="o", color="C0", capsize=3, label="B_crit (sweep fit, 95% CI)")
+    if result.get("B_star") is not None and result.get("inv_alpha_B") is not None:
+        grid = np.geomspace(loss.min() * 0.97, loss.max() * 1.03, 100)
+        alpha = "n/a" if result.get("alpha_B") is None else f"{result['alpha_B']:.3g}"
+        ax.plot(grid, result["B_star"] * grid ** (-result["inv_alpha_B"]), color="C0", lw=1,
+                label=f"B*/L^(1/α_B): B*={result['B_star']:.3g}, α_B={alpha}")
+    cmap = plt.get_cmap("plasma")
+    for i, c in enumerate(curves):
+        ok = np.isfinite(c.b_simple) & (c.b_simple > 0)
+        if ok.sum() > 1:
+            ax.plot(c.loss[ok], c.b_simple[ok], lw=0.8, alpha=0.6, color=cmap(i / max(len(curves), 1)),
+                    label=f"B_simple in-loop, B={c.batch_size}")
+    bs = [t["b_simple"] for t in result["targets"]]
+    if any(v is not None for v in bs):
+        ax.plot(loss, [np.nan if v is None else v for v in bs], "s", color="C3", label="B_simple median at targets")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_xaxis()  # training proceeds to the right
+    ax.set_xlabel("loss (nats/token, smoothed)")
+    ax.set_ylabel("batch size (sequences)")
+    ax.set_title("critical batch size vs loss")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def write_plots(result: dict[str, Any], curves: Sequence[RunCurve], out_dir: str | Path) -> list[Path]:
+    """Both figures into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    return [plot_tradeoff(result, out_dir / "tradeoff.png"), plot_bcrit(result, curves, out_dir / "bcrit.png")]

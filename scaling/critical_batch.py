@@ -1,0 +1,576 @@
+"""Empirical critical batch size from a batch-size sweep (pure analysis of run logs).
+
+Inputs are the run directories of a ``scalinglab batch-sweep`` (``sweep.json`` + one run dir per
+batch size with ``config.json`` and ``metrics.jsonl``); nothing here imports models or training.
+
+Pipeline (units: steps = optimizer updates, examples = sequences, tokens = examples·seq_len,
+losses in nats/token):
+
+1. **Smoothed loss curve per run.** The training loss logged at each step is noisy (its variance
+   grows as the batch shrinks), so it is averaged over a window centred on each logged step whose
+   half-width is ``rel_width × step`` (default 0.2, i.e. ±20 % of the step), shrunk where needed so
+   that it stays symmetric inside the logged range. A symmetric window leaves a curve that is linear
+   in step unchanged, so the smoothing adds no lag (an EMA would shift every crossing later by
+   ~1/(1−β) steps and bias S_min upward). ``source="eval"`` uses the logged ``eval_loss`` instead,
+   unsmoothed (fixed eval batches, so no sampling noise, but logged less often).
+2. **Steps to a target loss L:** the first crossing of the smoothed curve below L, linearly
+   interpolated between the two logged steps around it; examples ``E = B·S``.
+3. **Trade-off per target.** McCandlish et al. (2018): (S/S_min − 1)(E/E_min − 1) = 1. With
+   E = B·S this is exactly ``S(B) = S_min + E_min/B = S_min·(1 + B_crit/B)`` with
+   ``B_crit = E_min/S_min``. We fit ``(log S_min, log B_crit)`` by least squares on log S (equal to
+   the log-E residual, since B is exact). For fixed B_crit the optimal log S_min is a closed-form
+   mean, so the fit is a 1-D profile over log B_crit: a dense grid (global, no local minima, vectorised
+   over bootstrap samples) refined by parabolic interpolation. ``linear_init`` is the closed-form
+   alternative (S linear in 1/B), exact on noise-free data and used as a cross-check.
+4. **B_crit(L) = B*/L^(1/α_B)** (Kaplan et al. 2020): a power law fitted in log space.
+5. **Intervals** by bootstrap over runs, done jointly for all targets so the B_crit(L) fit sees
+   correlated resamples: case resampling of runs (resamples with fewer than 3 distinct batch sizes
+   are redrawn) when the sweep has ≥ 5 runs; with 3–4 runs that would leave almost no distinct
+   resamples, so the residual bootstrap is used instead (log-residuals of each run, resampled by run,
+   inflated by sqrt(n/(n−2)) for the two fitted parameters).
+6. **B_simple at the same losses:** each run's in-loop ``gns_b_simple`` (McCandlish's simple noise
+   scale, in sequences) interpolated at the step where that run crosses the target; the median over
+   runs is reported, plus each run's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from scalinglab.errors import UserError
+from scalinglab.fileio import read_json
+from scalinglab.scaling.bootstrap import percentile_interval, resample_counts
+from scalinglab.scaling.powerlaw import fit_loglinear, fit_power_law
+
+MIN_BATCH_SIZES = 3  # two parameters per hyperbola need at least three distinct batch sizes
+DEFAULT_N_TARGETS = 6
+DEFAULT_REL_WIDTH = 0.2
+DEFAULT_N_BOOTSTRAP = 1000
+CI_LEVEL = 0.95
+# Default targets span [L_lo, L_hi] in log loss: L_lo is just above the highest final loss (reached by
+# every run), L_hi is this fraction of the way (in log) from L_lo up to the lowest starting loss, which
+# keeps the warm-up transient (where S barely depends on B) out of the fit.
+UPPER_FRACTION = 0.5
+LOWER_MARGIN = 0.02  # fraction of the log-loss range kept clear of the highest final loss
+
+
+# ------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunCurve:
+    """One run of a sweep: its batch size and loss trajectory.
+
+    ``steps`` (updates, shape [T]) increasing and positive; ``loss`` the smoothed loss (nats/token,
+    [T]) used for crossings; ``raw_loss`` the logged values; ``b_simple`` the in-loop simple noise
+    scale in sequences ([T], NaN where not logged).
+    """
+
+    name: str
+    batch_size: int
+    seq_len: int
+    steps: np.ndarray
+    loss: np.ndarray
+    raw_loss: np.ndarray
+    b_simple: np.ndarray
+    lr: float | None = None
+    complete: bool = False
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` file (a torn last line from a killed run is ignored)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def _finite(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def curve_from_rows(
+    rows: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    seq_len: int,
+    name: str = "",
+    source: str = "train",
+    rel_width: float = DEFAULT_REL_WIDTH,
+    lr: float | None = None,
+    complete: bool = False,
+) -> RunCurve:
+    """Build a smoothed :class:`RunCurve` from metrics rows (see module docstring for ``source``)."""
+    if source not in ("train", "eval"):
+        raise UserError(f"loss source must be 'train' or 'eval', got {source!r}")
+    key = "loss" if source == "train" else "eval_loss"
+    by_step: dict[int, tuple[float, float]] = {}
+    for r in rows:
+        step = r.get("step")
+        if step is None or step <= 0:
+            continue
+        value = _finite(r.get(key))
+        if math.isnan(value):
+            continue
+        by_step[int(step)] = (value, _finite(r.get("gns_b_simple")))  # a resumed run may repeat steps
+    if len(by_step) < 2:
+        raise UserError(f"run {name or '?'} has fewer than two logged {key!r} values")
+    steps = np.array(sorted(by_step), dtype=np.float64)
+    raw = np.array([by_step[int(s)][0] for s in steps])
+    bs = np.array([by_step[int(s)][1] for s in steps])
+    smoothed = smooth_loss(steps, raw, rel_width if source == "train" else 0.0)
+    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete)
+
+
+def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:
+    """Read one run directory (``config.json`` + ``metrics.jsonl``) into a :class:`RunCurve`."""
+    run_dir = Path(run_dir)
+    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
+    if not cfg_path.is_file() or not metrics_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (config.json and metrics.jsonl needed)")
+    try:
+        train = read_json(cfg_path)["train"]
+        batch_size, seq_len = int(train["batch_size"]), int(train["seq_len"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        raise UserError(f"{cfg_path}: missing train.batch_size / train.seq_len") from None
+    lr = _finite(train.get("lr"))
+    return curve_from_rows(
+        read_metrics(metrics_path),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        name=run_dir.name,
+        source=source,
+        rel_width=rel_width,
+        lr=None if math.isnan(lr) else lr,
+        complete=(run_dir / "summary.json").is_file(),
+    )
+
+
+def load_sweep(sweep_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> list[RunCurve]:
+    """Load every run listed in ``SWEEP_DIR/sweep.json`` (sorted by batch size).
+
+    Runs not started yet (no metrics) are skipped; runs still in progress are used as far as they got.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep directory {sweep_dir} does not exist")
+    meta_path = sweep_dir / "sweep.json"
+    if not meta_path.is_file():
+        raise UserError(f"{sweep_dir} has no sweep.json (not a batch-sweep directory)")
+    try:
+        meta = read_json(meta_path)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("kind") != "batch-sweep" or not isinstance(meta.get("runs"), dict):
+        raise UserError(f"{meta_path} is not a batch-sweep description (kind/runs missing)")
+    curves = []
+    for _, sub in sorted(meta["runs"].items(), key=lambda kv: int(kv[0])):
+        run_dir = sweep_dir / sub
+        if not (run_dir / "metrics.jsonl").is_file():
+            continue
+        curves.append(load_run_curve(run_dir, source=source, rel_width=rel_width))
+    check_sweep(curves)
+    return curves
+
+
+def check_sweep(curves: Sequence[RunCurve]) -> None:
+    """Raise UserError unless the runs form a usable sweep (≥ 3 distinct batch sizes, one seq_len)."""
+    n_b = len({c.batch_size for c in curves})
+    if n_b < MIN_BATCH_SIZES:
+        raise UserError(
+            f"a batch-size sweep needs runs at >= {MIN_BATCH_SIZES} distinct batch sizes to fit "
+            f"S_min and E_min; found {n_b}"
+        )
+    seq_lens = {c.seq_len for c in curves}
+    if len(seq_lens) != 1:
+        raise UserError(f"runs of one sweep must share seq_len (examples are sequences); found {sorted(seq_lens)}")
+
+
+# ------------------------------------------------------------------------------------------
+# Curves: smoothing and steps-to-target
+# ------------------------------------------------------------------------------------------
+def smooth_loss(steps_T: np.ndarray, loss_T: np.ndarray, rel_width: float = DEFAULT_REL_WIDTH) -> np.ndarray:
+    """Centred running mean with half-width ``rel_width·step`` (clipped to stay symmetric in the data).
+
+    The window around step s holds the logged points with |s_j − s| ≤ w, w = min(rel_width·s,
+    s − s_first, s_last − s); symmetric, so a loss linear in step is returned unchanged (when logged on
+    an even grid). Shapes: [T] → [T].
+    """
+    steps_T = np.asarray(steps_T, dtype=np.float64)
+    loss_T = np.asarray(loss_T, dtype=np.float64)
+    if rel_width <= 0 or len(steps_T) < 3:
+        return loss_T.copy()
+    w_T = np.minimum(rel_width * steps_T, np.minimum(steps_T - steps_T[0], steps_T[-1] - steps_T))
+    csum = np.concatenate([[0.0], np.cumsum(loss_T)])
+    eps = 1e-9 * np.maximum(steps_T, 1.0)
+    lo = np.searchsorted(steps_T, steps_T - w_T - eps, side="left")
+    hi = np.searchsorted(steps_T, steps_T + w_T + eps, side="right")
+    return (csum[hi] - csum[lo]) / (hi - lo)
+
+
+def steps_to_target(steps_T: np.ndarray, loss_T: np.ndarray, target: float) -> float:
+    """First step at which ``loss_T`` reaches ``target``, linearly interpolated between logged steps.
+
+    NaN when the curve never gets to ``target``, or already starts at or below it (the crossing is
+    then before the first logged step and cannot be located).
+    """
+    loss_T = np.asarray(loss_T, dtype=np.float64)
+    below = np.nonzero(loss_T <= target)[0]
+    if len(below) == 0 or below[0] == 0:
+        return math.nan
+    i = below[0]
+    s0, s1 = float(steps_T[i - 1]), float(steps_T[i])
+    y0, y1 = float(loss_T[i - 1]), float(loss_T[i])
+    return s0 + (y0 - target) / (y0 - y1) * (s1 - s0)
+
+
+def interp_at_step(steps_T: np.ndarray, values_T: np.ndarray, step: float) -> float:
+    """``values_T`` linearly interpolated at ``step``, using only its finite positive entries."""
+    ok = np.isfinite(values_T) & (values_T > 0)
+    if not ok.any() or not math.isfinite(step):
+        return math.nan
+    s, v = steps_T[ok], values_T[ok]
+    if step < s[0] or step > s[-1]:
+        return math.nan
+    return float(np.interp(step, s, v))
+
+
+def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> np.ndarray:
+    """``n`` target losses evenly spaced in log loss, all reached by every run (descending)."""
+    lo = max(float(np.min(c.loss)) for c in curves)  # every run gets at least this low
+    start = min(float(c.loss[0]) for c in curves)
+    if not start > lo:
+        raise UserError("the runs' loss curves do not overlap: no loss is both below every start and reached by every run")
+    log_lo, log_start = math.log(lo), math.log(start)
+    span = log_start - log_lo
+    log_hi = log_lo + UPPER_FRACTION * span
+    return np.exp(np.linspace(log_hi, log_lo + LOWER_MARGIN * span, n))
+
+
+def steps_matrix(curves: Sequence[RunCurve], targets_K: np.ndarray) -> np.ndarray:
+    """Steps to reach each target for each run, shape [K, R] (NaN where not reached)."""
+    return np.array([[steps_to_target(c.steps, c.loss, t) for c in curves] for t in targets_K])
+
+
+# ------------------------------------------------------------------------------------------
+# The hyperbola S(B) = S_min + E_min/B
+# ------------------------------------------------------------------------------------------
+def hyperbola_steps(batch_size, s_min, e_min):
+    """Steps predicted by (S/S_min − 1)(E/E_min − 1) = 1 at batch size B: S = S_min + E_min/B."""
+    return s_min + e_min / np.asarray(batch_size, dtype=np.float64)
+
+
+def linear_init(batch_sizes_R: np.ndarray, steps_R: np.ndarray) -> tuple[float, float]:
+    """Closed-form start: S = a + b/B by least squares weighted by 1/S² (relative errors) → (a, b)."""
+    b_R = np.asarray(batch_sizes_R, dtype=np.float64)
+    s_R = np.asarray(steps_R, dtype=np.float64)
+    design = np.stack([1.0 / s_R, 1.0 / (b_R * s_R)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, np.ones_like(s_R), rcond=None)
+    return float(a), float(b)
+
+
+def _profile_grid(batch_sizes_R: np.ndarray, n_grid: int) -> np.ndarray:
+    """Grid of log B_crit: from 1e-3·B_min to 1e3·B_max (beyond that B_crit is unidentified)."""
+    b = np.asarray(batch_sizes_R, dtype=np.float64)
+    return np.linspace(math.log(b.min()) - 3 * math.log(10), math.log(b.max()) + 3 * math.log(10), n_grid)
+
+
+def fit_hyperbola_batch(
+    batch_sizes_R: np.ndarray,
+    steps_NR: np.ndarray,
+    weights_NR: np.ndarray | None = None,
+    *,
+    n_grid: int = 1201,
+    chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least-squares fit of log S = log S_min + log(1 + B_crit/B) for N problems at once.
+
+    ``batch_sizes_R`` [R] (sequences), ``steps_NR`` [N, R] (NaN = run did not reach the target,
+    ignored), ``weights_NR`` [N, R] (e.g. bootstrap counts; default 1). Returns ``(s_min_N,
+    b_crit_N, at_bound_N)``. For fixed B_crit the optimal log S_min is the weighted mean of
+    log S − log(1 + B_crit/B), so B_crit is profiled on a log grid (global minimum) and refined by a
+    parabola through the three grid points around the minimum; ``at_bound`` marks fits whose
+    optimum is at the edge of the grid (B_crit then only bounded, not determined). Problems with
+    fewer than 3 distinct batch sizes of positive weight give NaN.
+    """
+    b_R = np.asarray(batch_sizes_R, dtype=np.float64)
+    y_NR = np.log(np.asarray(steps_NR, dtype=np.float64))
+    w_NR = np.ones_like(y_NR) if weights_NR is None else np.asarray(weights_NR, dtype=np.float64)
+    w_NR = np.where(np.isfinite(y_NR), w_NR, 0.0)
+    y_NR = np.where(w_NR > 0, y_NR, 0.0)
+    grid_G = _profile_grid(b_R, n_grid)
+    g_RG = np.log1p(np.exp(grid_G)[None, :] / b_R[:, None])
+    parts = [_fit_chunk(b_R, g_RG, grid_G, y_NR[i : i + chunk], w_NR[i : i + chunk]) for i in range(0, len(y_NR), chunk)]
+    s_min, b_crit, bound = (np.concatenate(p) for p in zip(*parts))
+    distinct_N = np.array([len(np.unique(b_R[w > 0])) for w in w_NR])
+    bad = distinct_N < MIN_BATCH_SIZES
+    return np.where(bad, np.nan, s_min), np.where(bad, np.nan, b_crit), bound & ~bad
+
+
+def _fit_chunk(b_R, g_RG, grid_G, y_NR, w_NR):
+    sw_N = np.maximum(w_NR.sum(1), 1e-300)
+
+    def profile(r_NRG):  # residuals before removing log S_min → (weighted SSE, optimal log S_min)
+        mean_NG = (w_NR[:, :, None] * r_NRG).sum(1) / sw_N[:, None]
+        return (w_NR[:, :, None] * (r_NRG - mean_NG[:, None, :]) ** 2).sum(1), mean_NG
+
+    sse_NG, _ = profile(y_NR[:, :, None] - g_RG[None])
+    n_g = len(grid_G)
+    k_N = np.argmin(sse_NG, axis=1)
+    at_bound = (k_N == 0) | (k_N == n_g - 1)
+    kc = np.clip(k_N, 1, n_g - 2)
+    rows = np.arange(len(y_NR))
+    h = grid_G[1] - grid_G[0]
+    log_c_N = grid_G[kc] + _parabola_vertex(sse_NG[rows, kc - 1], sse_NG[rows, kc], sse_NG[rows, kc + 1], h)
+    for _ in range(2):  # two finer parabolic passes around the estimate: error ~ (h/40)^3
+        h = h / 20
+        pts_N3 = log_c_N[:, None] + h * np.array([-1.0, 0.0, 1.0])
+        g_NR3 = np.log1p(np.exp(pts_N3)[:, None, :] / b_R[None, :, None])
+        f_N3, _ = profile(y_NR[:, :, None] - g_NR3)
+        log_c_N = log_c_N + _parabola_vertex(f_N3[:, 0], f_N3[:, 1], f_N3[:, 2], h)
+    log_c_N = np.where(at_bound, grid_G[k_N], log_c_N)
+    g_NR1 = np.log1p(np.exp(log_c_N)[:, None] / b_R[None, :])[:, :, None]
+    _, log_smin = profile(y_NR[:, :, None] - g_NR1)
+    return np.exp(log_smin[:, 0]), np.exp(log_c_N), at_bound
+
+
+def _parabola_vertex(f0, f1, f2, h):
+    """Offset from the middle point of the vertex of the parabola through (−h, f0), (0, f1), (h, f2),
+    clipped to [−h, h] (0 where the three points are not convex)."""
+    denom = f0 - 2 * f1 + f2
+    shift = np.where(denom > 0, 0.5 * h * (f0 - f2) / np.where(denom > 0, denom, 1.0), 0.0)
+    return np.clip(shift, -h, h)
+
+
+def fit_hyperbola(batch_sizes_R: Sequence[float], steps_R: Sequence[float]) -> dict[str, Any]:
+    """Fit one trade-off curve → ``S_min`` (steps), ``E_min`` (examples), ``B_crit`` (sequences).
+
+    Needs ≥ 3 distinct batch sizes with finite steps (else UserError). See :func:`fit_hyperbola_batch`.
+    """
+    b = np.asarray(batch_sizes_R, dtype=np.float64)
+    s = np.asarray(steps_R, dtype=np.float64)
+    ok = np.isfinite(s) & (s > 0)
+    if len(np.unique(b[ok])) < MIN_BATCH_SIZES:
+        raise UserError(f"need steps at >= {MIN_BATCH_SIZES} distinct batch sizes to fit S_min, E_min")
+    s_min, b_crit, at_bound = fit_hyperbola_batch(b, np.where(ok, s, np.nan)[None])
+    return {
+        "S_min": float(s_min[0]),
+        "E_min": float(s_min[0] * b_crit[0]),
+        "B_crit": float(b_crit[0]),
+        "at_bound": bool(at_bound[0]),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# B_crit(L) = B* / L^(1/α_B)
+# ------------------------------------------------------------------------------------------
+def fit_bcrit_power_law(loss_K: Sequence[float], b_crit_K: Sequence[float]) -> dict[str, float]:
+    """Fit B_crit(L) = B*/L^(1/α_B) in log space (the shared power-law helper).
+
+    Returns ``B_star`` (sequences, the value at L = 1 nat/token), ``alpha_B`` and ``inv_alpha_B``
+    (= 1/α_B, the log-log slope with its sign flipped; finite even when B_crit is flat in L).
+    """
+    fit = fit_power_law(loss_K, b_crit_K, form="coef", names=("B_star", "k"), law="B_crit(L)")
+    return {"B_star": fit["B_star"], "alpha_B": _alpha(fit["k"]), "inv_alpha_B": -fit["k"]}
+
+
+def _alpha(slope):
+    """α_B from the log-log slope k = −1/α_B (NaN where the slope is 0)."""
+    slope = np.asarray(slope, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where(slope != 0, -1.0 / np.where(slope != 0, slope, 1.0), np.nan)
+    return float(alpha) if alpha.ndim == 0 else alpha
+
+
+# ------------------------------------------------------------------------------------------
+# The whole analysis
+# ------------------------------------------------------------------------------------------
+def bootstrap_fits(
+    batch_sizes_R: np.ndarray, steps_KR: np.ndarray, s_min_K: np.ndarray, b_crit_K: np.ndarray,
+    n_boot: int, seed: int,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Joint bootstrap over runs → (S_min [n_boot, K], B_crit [n_boot, K], method).
+
+    ``"cases"`` (≥ 5 runs): runs resampled with replacement as count weights, the same draw for every
+    target; resamples with < 3 distinct batch sizes give NaN (left out of the intervals).
+    ``"residuals"`` (3–4 runs): each run's log residuals (inflated by sqrt(n/(n−2))) resampled by run
+    and added to the fitted curve.
+    """
+    n_runs, n_k = len(batch_sizes_R), len(steps_KR)
+    if n_runs >= 5:
+        counts_NR = resample_counts(n_runs, n_boot, seed=seed).astype(np.float64)
+        steps = np.broadcast_to(steps_KR[None], (n_boot, n_k, n_runs))
+        weights = np.broadcast_to(counts_NR[:, None, :], (n_boot, n_k, n_runs))
+        method = "cases"
+    else:
+        fitted_KR = hyperbola_steps(batch_sizes_R[None], s_min_K[:, None], (s_min_K * b_crit_K)[:, None])
+        resid_KR = np.log(steps_KR) - np.log(fitted_KR)
+        n_ok = np.isfinite(resid_KR).sum(1, keepdims=True)
+        resid_KR = resid_KR * np.sqrt(n_ok / np.maximum(n_ok - 2, 1))
+        idx_NR = np.random.default_rng(seed).integers(0, n_runs, size=(n_boot, n_runs))
+        r_NKR = np.nan_to_num(np.transpose(resid_KR[:, idx_NR], (1, 0, 2)), nan=0.0)
+        steps = np.where(np.isfinite(steps_KR)[None], fitted_KR[None] * np.exp(r_NKR), np.nan)
+        weights = None
+        method = "residuals"
+    flat_w = None if weights is None else weights.reshape(n_boot * n_k, n_runs)
+    s_min, b_crit, _ = fit_hyperbola_batch(batch_sizes_R, steps.reshape(n_boot * n_k, n_runs), flat_w)
+    return s_min.reshape(n_boot, n_k), b_crit.reshape(n_boot, n_k), method
+
+
+def _interval(samples: np.ndarray) -> list[float] | None:
+    lo, hi = percentile_interval(samples, CI_LEVEL)
+    return [lo, hi] if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def _advice(batch_sizes_R, steps_R, fit: dict[str, float], seq_len: int) -> dict[str, Any]:
+    """Measured batch sizes minimising examples / steps, and the fitted 2× trade-off point B = B_crit."""
+    ok = np.isfinite(steps_R)
+    b, s = batch_sizes_R[ok], steps_R[ok]
+    i_e, i_s = int(np.argmin(b * s)), int(np.argmin(s))
+
+    def point(batch, steps):
+        return {"batch_size": float(batch), "steps": float(steps), "examples": float(batch * steps),
+                "tokens": float(batch * steps * seq_len)}
+
+    return {
+        "min_examples": point(b[i_e], s[i_e]),  # measured in the sweep; the fitted limit is E_min (B → 0)
+        "min_steps": point(b[i_s], s[i_s]),  # measured in the sweep; the fitted limit is S_min (B → ∞)
+        "trade_off": point(fit["B_crit"], 2 * fit["S_min"]),  # B_crit: 2·S_min steps, 2·E_min examples
+    }
+
+
+def analyze_sweep(
+    curves: Sequence[RunCurve],
+    targets: Sequence[float] | None = None,
+    *,
+    n_targets: int = DEFAULT_N_TARGETS,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit the trade-off per target loss, B_crit(L), and B_simple at the same losses (fit-batch JSON).
+
+    Non-finite numbers are returned as NaN; :func:`json_safe` turns them into null for output.
+    """
+    check_sweep(curves)
+    curves = sorted(curves, key=lambda c: c.batch_size)
+    seq_len = curves[0].seq_len
+    if targets is None:
+        targets_K = default_targets(curves, n_targets)
+    else:
+        targets_K = np.array(sorted({float(t) for t in targets}, reverse=True), dtype=np.float64)
+        if len(targets_K) == 0 or not np.all(np.isfinite(targets_K) & (targets_K > 0)):
+            raise UserError("target losses must be positive numbers")
+    b_R = np.array([c.batch_size for c in curves], dtype=np.float64)
+    steps_KR = steps_matrix(curves, targets_K)
+    for t, s_R in zip(targets_K, steps_KR):
+        ok = np.isfinite(s_R)
+        if not ok.any():
+            best = min(float(np.min(c.loss)) for c in curves)
+            raise UserError(f"no run reaches target loss {t:.4g} (the lowest smoothed loss of any run is {best:.4g})")
+        n_b = len(np.unique(b_R[ok]))
+        if n_b < MIN_BATCH_SIZES:
+            raise UserError(
+                f"target loss {t:.4g} is reached (after the first logged step) at only {n_b} batch size(s); "
+                f"need >= {MIN_BATCH_SIZES}"
+            )
+
+    n_k = len(targets_K)
+    smin_K, bcrit_K, bound_K = fit_hyperbola_batch(b_R, steps_KR)
+    emin_K = smin_K * bcrit_K
+    nan_law = {"B_star": math.nan, "alpha_B": math.nan, "inv_alpha_B": math.nan}
+    law = fit_bcrit_power_law(targets_K, bcrit_K) if n_k >= 2 else nan_law
+    smin_NK, bcrit_NK, ci_method = bootstrap_fits(b_R, steps_KR, smin_K, bcrit_K, n_bootstrap, seed)
+    if n_k >= 2:
+        ok_N = np.all(np.isfinite(bcrit_NK), axis=1)
+        logb = np.log(np.where(ok_N[:, None], bcrit_NK, 1.0))
+        icpt_N, slope_N = fit_loglinear(np.log(targets_K), logb)
+        icpt_N, slope_N = np.where(ok_N, icpt_N, np.nan), np.where(ok_N, slope_N, np.nan)
+    else:
+        icpt_N = slope_N = np.full(len(bcrit_NK), np.nan)
+
+    # the in-loop simple noise scale where each run crosses each target
+    bsimple_KR = np.array([[interp_at_step(c.steps, c.b_simple, s) for c, s in zip(curves, s_R)] for s_R in steps_KR])
+
+    out_targets = []
+    for k, loss in enumerate(targets_K):
+        fit = {"S_min": float(smin_K[k]), "E_min": float(emin_K[k]), "B_crit": float(bcrit_K[k])}
+        bs_ok = bsimple_KR[k][np.isfinite(bsimple_KR[k])]
+        out_targets.append({
+            "loss": float(loss),
+            **fit,
+            "B_crit_tokens": fit["B_crit"] * seq_len,
+            "E_min_tokens": fit["E_min"] * seq_len,
+            "at_bound": bool(bound_K[k]),
+            "ci": {
+                "S_min": _interval(smin_NK[:, k]),
+                "E_min": _interval(smin_NK[:, k] * bcrit_NK[:, k]),
+                "B_crit": _interval(bcrit_NK[:, k]),
+            },
+            "b_simple": float(np.median(bs_ok)) if len(bs_ok) else None,
+            "b_simple_by_run": {str(c.batch_size): float(v) for c, v in zip(curves, bsimple_KR[k])},
+            "runs": [
+                {"batch_size": c.batch_size, "steps": float(s), "examples": float(c.batch_size * s),
+                 "tokens": float(c.batch_size * s * seq_len)}
+                for c, s in zip(curves, steps_KR[k])
+            ],
+            "advice": _advice(b_R, steps_KR[k], fit, seq_len),
+        })
+
+    return {
+        "kind": "fit-batch",
+        "seq_len": seq_len,
+        "units": {"loss": "nats/token", "S": "steps", "E": "examples (sequences)", "B": "sequences",
+                  "*_tokens": "tokens (sequences x seq_len)"},
+        "batch_sizes": [c.batch_size for c in curves],
+        "runs": [{"name": c.name, "batch_size": c.batch_size, "lr": c.lr, "complete": c.complete,
+                  "last_step": float(c.steps[-1]), "min_smoothed_loss": float(np.min(c.loss))} for c in curves],
+        "targets": out_targets,
+        "B_star": law["B_star"],
+        "B_star_tokens": law["B_star"] * seq_len,
+        "alpha_B": law["alpha_B"],
+        "inv_alpha_B": law["inv_alpha_B"],
+        "ci": {
+            "B_star": _interval(np.exp(icpt_N)),
+            "alpha_B": _interval(_alpha(slope_N)),
+            "inv_alpha_B": _interval(-slope_N),
+        },
+        "b_simple": {"loss": [float(t) for t in targets_K], "B_simple": [o["b_simple"] for o in out_targets]},
+        "bcrit_rises_as_loss_falls": bool(np.all(np.diff(bcrit_K) > 0)) if n_k >= 2 else None,
+        "bootstrap": {"n": int(n_bootstrap), "method": ci_method, "level": CI_LEVEL, "seed": seed,
+                      "n_failed": int(np.sum(~np.all(np.isfinite(bcrit_NK), axis=1)))},
+    }
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace non-finite floats by None (strict JSON has no NaN/Infinity); numpy scalars → Python."""
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
