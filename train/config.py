@@ -29,7 +29,7 @@ class TrainConfig:
     preset: str = "gpt2-tiny"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     # data
-    dataset: str = "tinyshakespeare"
+    dataset: str = "local_text"
     data_dir: str | None = None
     seq_len: int = 128  # tokens per sequence
     batch_size: int = 32  # global batch, sequences
@@ -88,7 +88,7 @@ class TrainConfig:
 
     def total_steps(self) -> int:
         """Optimizer steps of the run (from ``steps`` or the ``tokens`` budget)."""
-        if self.steps is not None:
+        if self.steps is not None:  # authoritative when both are set (config.json stores both)
             return int(self.steps)
         if self.tokens is not None:
             return max(1, math.ceil(self.tokens / self.tokens_per_step))
@@ -137,8 +137,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("eval_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
-    if cfg.steps is not None and cfg.tokens is not None:
-        raise UserError("give either --steps or --tokens, not both")
     if cfg.steps is None and cfg.tokens is None and cfg.branch_from is None:
         raise UserError("give --steps or --tokens")
     if cfg.steps is not None and cfg.steps < 1:

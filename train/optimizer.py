@@ -15,6 +15,8 @@ import optax
 
 # Substrings of a parameter path that mark an embedding table (token or position).
 EMBEDDING_KEYS: tuple[str, ...] = ("embed", "wte", "wpe", "pos_emb", "tok_emb")
+# Leaf names that are never decayed whatever their rank (attention biases are [heads, head_dim]).
+NO_DECAY_LEAVES: tuple[str, ...] = ("bias", "scale")
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -27,10 +29,17 @@ def is_embedding_path(path: Sequence[Any], embedding_keys: Sequence[str] = EMBED
     return any(k in s for k in embedding_keys)
 
 
+def _leaf_name(path: Sequence[Any]) -> str:
+    return _path_str(path[-1:]).lower() if path else ""
+
+
 def decay_mask(params: Any, embedding_keys: Sequence[str] = EMBEDDING_KEYS) -> Any:
     """Pytree of bools like ``params``: True where weight decay applies (matrices, not embeddings)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, p: bool(p.ndim >= 2 and not is_embedding_path(path, embedding_keys)), params
+        lambda path, p: bool(
+            p.ndim >= 2 and _leaf_name(path) not in NO_DECAY_LEAVES and not is_embedding_path(path, embedding_keys)
+        ),
+        params,
     )
 
 
@@ -45,7 +54,7 @@ def make_optimizer(
     decay_embeddings: bool = False,
 ) -> optax.GradientTransformation:
     """Clip by global norm (``clip`` > 0) then AdamW with decoupled, masked weight decay."""
-    mask = (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)) if decay_embeddings else decay_mask
+    mask = (lambda p: decay_mask(p, embedding_keys=())) if decay_embeddings else decay_mask
     adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     if clip and clip > 0:
         return optax.chain(optax.clip_by_global_norm(clip), adamw)

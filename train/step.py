@@ -80,15 +80,22 @@ def make_train_step(
     gns_groups: int = 2,
     gns_ema: float = 0.95,
     group_sharding: NamedSharding | None = None,
+    has_aux: bool = False,
 ) -> Callable[[dict, Any], tuple[dict, dict]]:
     """Build ``step(state, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
 
     ``group_sharding`` (optional) is the sharding of the ``[G, B/G, ...]`` grouped batch,
-    e.g. ``P('data', 'fsdp')`` so each group is one data shard.
+    e.g. ``P('data', 'fsdp')`` so each group is one data shard. With ``has_aux``, ``loss_fn``
+    returns ``(objective, reported_loss)``: gradients of the objective (e.g. with z-loss),
+    the metric ``loss`` is the reported one (e.g. the plain cross-entropy).
     metrics: loss, grad_norm (before clipping), lr, finite, skipped, gns_g2, gns_trace,
     gns_b_simple (bias-corrected EMAs; NaN when GNS is off or before its first update).
     """
-    grad_fn = jax.value_and_grad(loss_fn)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+    def grad_fn(params, batch):
+        value, grads = value_and_grad(params, batch)
+        return (value[1] if has_aux else value), grads
 
     def gradients(params, batch):
         n_examples = jax.tree.leaves(batch)[0].shape[0]
@@ -140,6 +147,7 @@ def make_train_step(
         applied = state["step"] - state["skipped"]  # optimizer updates applied before this one
         bad = (~finite).astype(jnp.int32)
         new_state = {
+            **state,  # anything else (e.g. the run's RNG) passes through unchanged
             "params": params,
             "opt_state": opt_state,
             "step": state["step"] + 1,

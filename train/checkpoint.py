@@ -1,0 +1,89 @@
+"""Checkpoints with orbax ``CheckpointManager``: train state (params, optimizer state, counters,
+GNS EMAs) plus a JSON item (data-iterator state, RNG seed, wall-clock bookkeeping).
+
+* asynchronous saves; orbax writes each step to a temporary directory and renames it
+  when complete, so a crash mid-save never leaves a step that looks complete;
+* keeps the newest ``keep`` checkpoints plus any step in ``keep_steps`` (WSD branch points);
+* :meth:`Checkpointer.restore_latest` walks from the newest step down and falls back to
+  the previous one, with a warning, when a step cannot be read (corrupt or partial).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+
+class Checkpointer:
+    """Thin wrapper over ``ocp.CheckpointManager`` for one run directory's ``checkpoints/``."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, keep_steps: Iterable[int] = (),
+                 async_save: bool = True, read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        policies = [ocp_managers.LatestN(max(int(keep), 1))]
+        keep_steps = sorted(set(int(s) for s in keep_steps))
+        if keep_steps:
+            policies.append(ocp_managers.CustomSteps(keep_steps))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, extra: dict[str, Any]) -> None:
+        """Start saving ``state`` (pytree of jax arrays) and ``extra`` (JSON-able) at ``step``."""
+        self.manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore ``step`` into the shapes/dtypes/shardings of ``abstract_state``."""
+        out = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
+            ),
+        )
+        return out["state"], dict(out["extra"])
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, extra) of the newest readable checkpoint, or None when there is none."""
+        for step in reversed(self.all_steps()):
+            try:
+                state, extra = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - any unreadable step falls back to an older one
+                warnings.warn(
+                    f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); falling back to the previous one",
+                    stacklevel=2,
+                )
+                continue
+            return step, state, extra
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStruct pytree (with shardings) for restoring into the layout of ``tree``."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )

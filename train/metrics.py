@@ -1,0 +1,121 @@
+"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step, flushed per line),
+TensorBoard scalars (tensorboardX, ``tb/``) and a tqdm progress bar (quiet when stderr
+is not a TTY). Only the main process (process 0) writes files.
+
+On resume, ``metrics.jsonl`` is first cut back (atomically) to the records with
+``step ≤ resume_step`` so no step is ever logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from scalinglab.fileio import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` (a torn last line, from a kill mid-write, is dropped)."""
+    records = []
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS_FILE
+    if not p.exists():
+        return records
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: str | Path, max_step: int) -> None:
+    """Keep only records with ``step ≤ max_step`` (atomic rewrite)."""
+    kept = [r for r in read_metrics(path) if int(r.get("step", -1)) <= max_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar: Python float/int, NaN/inf → None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return value
+    return f if math.isfinite(f) else None
+
+
+class MetricsWriter:
+    """Append-only metrics sink: JSONL + TensorBoard (+ optional progress bar)."""
+
+    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0,
+                 resume: bool = False, enabled: bool = True, progress: bool | None = None,
+                 tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        if resume:
+            truncate_metrics(self.path, start_step)
+        else:
+            atomic_write_text(self.path, "")
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if resume else None)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             file=sys.stderr, leave=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Log one step's record (must contain ``step``)."""
+        if not self.enabled:
+            return
+        clean = {k: _clean(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(clean["step"])
+            for k, v in clean.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def progress(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
+        """Move the progress bar to ``step`` and show loss and tokens/s (ETA comes from tqdm)."""
+        if self._bar is None:
+            return
+        self._bar.update(step - self._bar.n)
+        post = {}
+        if loss is not None:
+            post["loss"] = f"{loss:.4f}"
+        if tokens_per_s:
+            post["tok/s"] = f"{tokens_per_s:,.0f}"
+        self._bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

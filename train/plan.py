@@ -1,0 +1,261 @@
+"""Planning size ladders: which models to train, for how many tokens, at what compute.
+
+Two kinds of plan:
+
+* ``isoflop`` (Chinchilla approach 2): for each FLOP budget C, ``sizes_per_budget`` models
+  spaced evenly in log N around a guess of the compute-optimal size, each trained for
+  D = C / (exact training FLOPs per token) tokens, with a cosine schedule to its own length.
+* ``sizes``: fixed model sizes × fixed token budgets (Kaplan-style L(N, D) grids).
+
+Every number comes from :mod:`scalinglab.models.accounting` (exact integer FLOPs per token),
+so the planned compute of each run equals its budget up to rounding D to whole steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+from scalinglab.errors import UserError
+from scalinglab.models import accounting
+from scalinglab.models.config import ModelConfig
+from scalinglab.models.ladder import ladder_config
+
+# Fewer steps than this and rounding D to whole batches moves C by more than 1%.
+MIN_STEPS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class LadderSpec:
+    """What the user asked for (``scalinglab ladder`` flags)."""
+
+    plan: str = "isoflop"  # "isoflop" | "sizes"
+    budgets: tuple[float, ...] = (1e12, 3e12, 1e13)  # training FLOPs per run (isoflop)
+    sizes: tuple[float, ...] = ()  # target non-embedding N (sizes plan, or fixed isoflop sizes)
+    tokens: tuple[float, ...] = ()  # token budgets D per size (sizes plan)
+    family: str = "gpt2"
+    sizes_per_budget: int = 5
+    size_span: float = 32.0  # N_max / N_min within one budget (isoflop)
+    tokens_per_param: float = 20.0  # centre of the isoflop sizes: D/N at the guessed optimum
+    aspect_ratio: float = 32.0  # d_model / n_layer of the ladder models
+    head_dim: int = 16
+    seq_len: int = 64
+    batch_size: int = 16  # global, in sequences
+    vocab_size: int = 257
+    lr: float = 3e-3
+    warmup_frac: float = 0.05
+    min_size: float = 1.0  # smallest non-embedding N allowed (tiny configs collapse below ~1e3)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of a ladder: a model config trained for ``steps`` steps of ``batch_size`` sequences."""
+
+    name: str
+    budget: float  # the FLOP budget this run belongs to (isoflop), or its planned flops (sizes)
+    config: ModelConfig
+    non_embedding: int  # Kaplan's N, parameters
+    total: int  # every parameter
+    train_flops_per_token: int  # exact, FLOPs per token (forward + backward)
+    steps: int
+    batch_size: int  # sequences
+    seq_len: int  # tokens per sequence
+    lr: float
+    warmup: int  # steps
+
+    @property
+    def tokens(self) -> int:
+        """D: training tokens (exact)."""
+        return self.steps * self.batch_size * self.seq_len
+
+    @property
+    def flops(self) -> int:
+        """C: training FLOPs (exact)."""
+        return self.tokens * self.train_flops_per_token
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "budget": self.budget,
+            "non_embedding": self.non_embedding,
+            "total": self.total,
+            "tokens": self.tokens,
+            "flops": self.flops,
+            "tokens_per_param": self.tokens / self.non_embedding,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "lr": self.lr,
+            "warmup": self.warmup,
+            "train_flops_per_token": self.train_flops_per_token,
+            "config": self.config.to_dict(),
+        }
+
+
+def _size_name(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _config_for(spec: LadderSpec, n_target: float) -> ModelConfig:
+    return ladder_config(
+        spec.family,
+        n_non_embedding=max(n_target, spec.min_size),
+        aspect_ratio=spec.aspect_ratio,
+        head_dim=spec.head_dim,
+        n_ctx=spec.seq_len,
+        vocab_size=spec.vocab_size,
+    )
+
+
+def _run(spec: LadderSpec, cfg: ModelConfig, n_tokens: float, budget: float, name: str) -> PlannedRun:
+    counts = accounting.param_counts(cfg)
+    fpt = accounting.train_flops_per_token(cfg, spec.seq_len)
+    tokens_per_step = spec.batch_size * spec.seq_len
+    steps = int(round(n_tokens / tokens_per_step))
+    if steps < MIN_STEPS:
+        raise UserError(
+            f"run {name}: only {steps} steps of {tokens_per_step} tokens fit its budget "
+            f"(need ≥ {MIN_STEPS}); raise the budget or lower --batch-size/--seq-len"
+        )
+    return PlannedRun(
+        name=name,
+        budget=float(budget),
+        config=cfg,
+        non_embedding=int(counts["non_embedding"]),
+        total=int(counts["total"]),
+        train_flops_per_token=int(fpt),
+        steps=steps,
+        batch_size=spec.batch_size,
+        seq_len=spec.seq_len,
+        lr=spec.lr,
+        warmup=max(1, int(round(spec.warmup_frac * steps))),
+    )
+
+
+def isoflop_sizes(spec: LadderSpec, budget: float) -> list[float]:
+    """Target N values for one budget: log-spaced over ``size_span`` around N_guess.
+
+    N_guess solves C = 6·N·D with D = tokens_per_param·N, i.e. N = sqrt(C / (6·tokens_per_param)).
+    """
+    if spec.sizes:
+        return sorted(spec.sizes)
+    k = spec.sizes_per_budget
+    centre = math.sqrt(budget / (6.0 * spec.tokens_per_param))
+    lo = centre / math.sqrt(spec.size_span)
+    return [lo * spec.size_span ** (i / (k - 1)) for i in range(k)]
+
+
+def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
+    """Expand a :class:`LadderSpec` into concrete runs (deterministic: same spec, same plan)."""
+    if spec.plan not in ("isoflop", "sizes"):
+        raise UserError(f"unknown plan {spec.plan!r}; choose isoflop or sizes")
+    if spec.plan == "isoflop":
+        if not spec.budgets:
+            raise UserError("--plan isoflop needs --budgets")
+        if not spec.sizes and not 3 <= spec.sizes_per_budget <= 15:
+            raise UserError("--sizes-per-budget must be between 3 and 15")
+    if spec.plan == "sizes" and (not spec.sizes or not spec.tokens):
+        raise UserError("--plan sizes needs --sizes and --tokens")
+    for label, values in (("budget", spec.budgets), ("size", spec.sizes), ("token budget", spec.tokens)):
+        if any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise UserError(f"every {label} must be a positive number")
+
+    runs: list[PlannedRun] = []
+    seen: set[str] = set()
+    if spec.plan == "isoflop":
+        for budget in sorted(spec.budgets):
+            for n_target in isoflop_sizes(spec, budget):
+                cfg = _config_for(spec, n_target)
+                fpt = accounting.train_flops_per_token(cfg, spec.seq_len)
+                n = accounting.param_counts(cfg)["non_embedding"]
+                name = f"C{budget:.0e}-N{_size_name(n)}".replace("+", "")
+                if name in seen:  # two targets rounded to the same config
+                    continue
+                seen.add(name)
+                runs.append(_run(spec, cfg, budget / fpt, budget, name))
+    else:
+        for n_target in sorted(spec.sizes):
+            cfg = _config_for(spec, n_target)
+            n = accounting.param_counts(cfg)["non_embedding"]
+            for d in sorted(spec.tokens):
+                name = f"N{_size_name(n)}-D{d:.0e}".replace("+", "")
+                if name in seen:
+                    continue
+                seen.add(name)
+                fpt = accounting.train_flops_per_token(cfg, spec.seq_len)
+                runs.append(_run(spec, cfg, d, d * fpt, name))
+    return runs
+
+
+def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None) -> str:
+    """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time)."""
+    head = f"{'run':<22}{'N':>11}{'N_total':>11}{'D tokens':>12}{'C FLOPs':>11}{'D/N':>8}{'steps':>7}"
+    if flops_per_s:
+        head += f"{'est. time':>11}"
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        line = (
+            f"{r.name:<22}{r.non_embedding:>11,}{r.total:>11,}{r.tokens:>12.3g}{r.flops:>11.3g}"
+            f"{r.tokens / r.non_embedding:>8.1f}{r.steps:>7}"
+        )
+        if flops_per_s:
+            line += f"{format_seconds(r.flops / flops_per_s):>11}"
+        lines.append(line)
+    total = sum(r.flops for r in runs)
+    foot = f"{len(runs)} runs, {total:.3g} training FLOPs in all"
+    if flops_per_s:
+        foot += f", about {format_seconds(total / flops_per_s)} at {flops_per_s:.3g} FLOP/s"
+    lines.append(foot)
+    return "\n".join(lines)
+
+
+def format_seconds(s: float) -> str:
+    """Seconds as a short human string (``42s``, ``3m10s``, ``2h05m``)."""
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int((s % 3600) // 60):02d}m"
+
+
+@dataclasses.dataclass(frozen=True)
+class LadderPreset:
+    """A ladder sized for a machine: the spec plus what we assume to estimate its wall time."""
+
+    description: str
+    spec: LadderSpec
+    peak_flops_per_s: float  # the hardware's dense peak (bf16 on accelerators), FLOP/s
+    assumed_mfu: float  # model FLOPs utilisation used for the time estimate
+    dtype: str = "bfloat16"
+    mesh: str = "data=-1"
+
+    def estimated_seconds(self, runs: Sequence[PlannedRun]) -> float:
+        return sum(r.flops for r in runs) / (self.peak_flops_per_s * self.assumed_mfu)
+
+
+def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderSpec:
+    return LadderSpec(
+        plan="isoflop", budgets=budgets, family="modern", sizes_per_budget=7, size_span=32.0,
+        aspect_ratio=64.0, head_dim=64, seq_len=seq_len, batch_size=batch, vocab_size=32000,
+        lr=1e-3, tokens_per_param=20.0,
+    )
+
+
+# Peaks: H100 SXM 989 TFLOP/s dense bf16; TPU v4 275 TFLOP/s per chip (v4-32 = 16 chips);
+# TPU v5e 197 TFLOP/s per chip (v5litepod-16 = 16 chips). MFU 0.4 is a typical well-tuned value.
+LADDER_PRESETS: dict[str, LadderPreset] = {
+    "gpu-h100": LadderPreset(
+        "one H100: 3 budgets × 7 sizes, ~1e17–1e18 FLOPs per run",
+        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh="data=1"),
+    "tpu-v4-32": LadderPreset(
+        "Cloud TPU v4-32 slice (16 chips): 3 budgets × 7 sizes, 3e18–3e19 FLOPs per run",
+        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh="data=-1"),
+    "tpu-v5e-16": LadderPreset(
+        "Cloud TPU v5e-16 slice (16 chips): 3 budgets × 7 sizes, 1e18–1e19 FLOPs per run",
+        _accel_spec((1e18, 3e18, 1e19), 2048, 256), 16 * 197e12, 0.4, mesh="data=-1"),
+}

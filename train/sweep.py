@@ -1,0 +1,194 @@
+"""Batch-size sweeps: one model trained at several batch sizes on the same token budget.
+
+Layout of a sweep directory (docs/interfaces.md)::
+
+    SWEEP_DIR/sweep.json      {"kind": "batch-sweep", "batch_sizes", "lr_rule", "runs": {"<B>": "<subdir>"}, ...}
+    SWEEP_DIR/b<B>/           one run dir per batch size       (rules sqrt | linear | fixed)
+    SWEEP_DIR/b<B>_lr<lr>/    one run dir per (B, lr)          (rule grid; "runs" maps B to the best)
+
+Learning rate per batch size B (sequences), from the base ``lr`` at ``base_batch`` B0:
+``sqrt``: lr·sqrt(B/B0) (the usual Adam rule), ``linear``: lr·B/B0 (SGD's), ``fixed``: lr, and
+``grid``: each of ``lr_grid`` factors × the sqrt rule, keeping the run with the lowest final
+eval loss.
+
+Defaults chosen for measuring steps-to-target (see scaling/critical_batch.py): a ``constant``
+schedule after warmup (a cosine tied to each run's own length would make the loss at a given
+step depend on how long the run is) and the same warmup in steps for every run (5 % of the
+shortest run), so warmup adds the same number of steps at every batch size.
+
+Resumable: a run dir with ``summary.json`` is skipped, a partial one resumes from its newest
+checkpoint (``TrainConfig.resume=True``). ``sweep.json`` is rewritten atomically after each run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from scalinglab.errors import UserError
+from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.train.config import TrainConfig, validate
+
+LR_RULES = ("sqrt", "linear", "fixed", "grid")
+DEFAULT_LR_GRID = (0.5, 1.0, 2.0)
+MIN_BATCH_SIZES = 3  # the S-E hyperbola has two parameters
+SWEEP_FILE = "sweep.json"
+WARMUP_FRACTION = 0.05  # of the shortest run (the largest batch), in steps, shared by all runs
+# Settings that must match when an existing sweep directory is continued.
+_FINGERPRINT = ("preset", "overrides", "dataset", "seq_len", "tokens", "schedule", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """One planned run: batch size (sequences), peak lr, sub-directory name and its TrainConfig."""
+
+    batch_size: int
+    lr: float
+    subdir: str
+    config: TrainConfig
+
+
+def lr_for(rule: str, base_lr: float, base_batch: int, batch_size: int) -> float:
+    """Peak learning rate at ``batch_size`` under ``rule`` (grid: the centre of the grid = sqrt)."""
+    if rule in ("sqrt", "grid"):
+        return base_lr * math.sqrt(batch_size / base_batch)
+    if rule == "linear":
+        return base_lr * batch_size / base_batch
+    if rule == "fixed":
+        return base_lr
+    raise UserError(f"unknown --lr-rule {rule!r}; choose one of {', '.join(LR_RULES)}")
+
+
+def _lr_tag(lr: float) -> str:
+    return f"{lr:.3g}".replace("+", "")
+
+
+def plan_sweep(
+    base: TrainConfig,
+    batch_sizes: Sequence[int],
+    *,
+    lr_rule: str = "sqrt",
+    base_batch: int | None = None,
+    lr_grid: Sequence[float] = DEFAULT_LR_GRID,
+    out: str | Path,
+) -> list[SweepRun]:
+    """Every run of the sweep. ``base`` holds the shared settings (``tokens`` = budget of each run).
+
+    ``base.warmup`` None → the same warmup for every run: 5 % of the steps of the largest batch.
+    """
+    sizes = sorted({int(b) for b in batch_sizes})
+    if any(b < 1 for b in sizes):
+        raise UserError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if len(sizes) < MIN_BATCH_SIZES:
+        raise UserError(
+            f"a batch-size sweep needs >= {MIN_BATCH_SIZES} distinct batch sizes (the S-E fit has two "
+            f"parameters), got {sizes}"
+        )
+    if lr_rule not in LR_RULES:
+        raise UserError(f"unknown --lr-rule {lr_rule!r}; choose one of {', '.join(LR_RULES)}")
+    if base.tokens is None or base.steps is not None:
+        raise UserError("a batch sweep trains every batch size on the same --tokens budget (give --tokens, not --steps)")
+    if not base.lr > 0:
+        raise UserError(f"--lr must be positive, got {base.lr}")
+    b0 = int(base_batch or sizes[0])
+    if b0 < 1:
+        raise UserError(f"--base-batch must be positive, got {b0}")
+    factors = tuple(float(f) for f in lr_grid) if lr_rule == "grid" else (1.0,)
+    if lr_rule == "grid" and (len(factors) < 2 or any(not f > 0 for f in factors)):
+        raise UserError(f"--lr-grid needs at least two positive factors, got {list(lr_grid)}")
+    shortest = max(1, math.ceil(base.tokens / (sizes[-1] * base.seq_len)))
+    warmup = base.warmup if base.warmup is not None else max(1, round(WARMUP_FRACTION * shortest))
+    out = Path(out)
+    runs = []
+    for b in sizes:
+        centre = lr_for(lr_rule, base.lr, b0, b)
+        for f in factors:
+            lr = centre * f
+            subdir = f"b{b}" if lr_rule != "grid" else f"b{b}_lr{_lr_tag(lr)}"
+            cfg = dataclasses.replace(
+                base, name=subdir, batch_size=b, lr=lr, warmup=warmup, out=str(out / subdir), resume=True
+            )
+            runs.append(SweepRun(b, lr, subdir, validate(cfg)))
+    return runs
+
+
+def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: Sequence[float]) -> dict[str, Any]:
+    d = base.to_dict()
+    s = {k: d[k] for k in _FINGERPRINT}
+    s.update(lr=base.lr, lr_rule=lr_rule, base_batch=base_batch, lr_grid=list(lr_grid) if lr_rule == "grid" else None)
+    return s
+
+
+def _final_eval(summary: dict[str, Any]) -> float:
+    v = summary.get("final_eval_loss")
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return math.inf
+    return v if math.isfinite(v) else math.inf
+
+
+def run_sweep(
+    base: TrainConfig,
+    batch_sizes: Sequence[int],
+    *,
+    out: str | Path,
+    lr_rule: str = "sqrt",
+    base_batch: int | None = None,
+    lr_grid: Sequence[float] = DEFAULT_LR_GRID,
+    train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume, or skip) every run of the sweep into ``out``; returns ``sweep.json``'s content.
+
+    ``train_fn`` defaults to :func:`scalinglab.train.loop.train`. A sweep dir may be continued with
+    more batch sizes, but not with different shared settings (model, data, tokens, lr rule...).
+    """
+    runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out)
+    out = Path(out)
+    meta_path = out / SWEEP_FILE
+    settings = _settings(base, lr_rule, base_batch, lr_grid)
+    meta: dict[str, Any] = {"kind": "batch-sweep", "batch_sizes": [], "lr_rule": lr_rule, "runs": {},
+                            "settings": settings, "lr": {}, "candidates": {}}
+    if meta_path.exists():
+        old = read_json(meta_path)
+        if old.get("kind") != "batch-sweep":
+            raise UserError(f"{meta_path} exists but is not a batch sweep")
+        if old.get("settings") != settings:
+            diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
+            raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
+        meta.update({k: old[k] for k in ("runs", "lr", "candidates") if isinstance(old.get(k), dict)})
+        meta["batch_sizes"] = list(old.get("batch_sizes") or [])
+    meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})
+    atomic_write_json(meta_path, meta)
+
+    if train_fn is None:
+        from scalinglab.train.loop import train as train_fn  # heavy import only when training
+    log = log or (lambda msg: None)
+    by_batch: dict[int, list[SweepRun]] = {}
+    for r in runs:
+        by_batch.setdefault(r.batch_size, []).append(r)
+    for b, group in by_batch.items():
+        results = {}
+        for r in group:
+            summary_path = Path(r.config.out) / "summary.json"
+            if summary_path.exists():
+                log(f"[batch-sweep] {r.subdir}: finished, skipped")
+                summary = read_json(summary_path)
+            else:
+                state = "resuming" if Path(r.config.out).exists() else "training"
+                log(f"[batch-sweep] {r.subdir}: {state} (B={b}, lr={r.lr:.4g}, "
+                    f"{r.config.total_steps()} steps, warmup {r.config.warmup})")
+                summary = train_fn(r.config)
+                if summary.get("status") != "complete":
+                    atomic_write_json(meta_path, meta)
+                    raise UserError(f"run {r.subdir} stopped ({summary.get('status')}); rerun batch-sweep to resume")
+            results[r.subdir] = (summary, r.lr)
+        best = min(results, key=lambda k: _final_eval(results[k][0]))
+        meta["runs"][str(b)] = best
+        meta["lr"][str(b)] = results[best][1]
+        meta["candidates"][str(b)] = {k: v[0].get("final_eval_loss") for k, v in results.items()}
+        atomic_write_json(meta_path, meta)
+    return meta
