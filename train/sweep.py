@@ -73,10 +73,15 @@ def plan_sweep(
     base_batch: int | None = None,
     lr_grid: Sequence[float] = DEFAULT_LR_GRID,
     out: str | Path,
+    log_every: int | None = None,
+    eval_every: int | None = None,
+    checkpoint_every: int | None = None,
 ) -> list[SweepRun]:
     """Every run of the sweep. ``base`` holds the shared settings (``tokens`` = budget of each run).
 
     ``base.warmup`` None → the same warmup for every run: 5 % of the steps of the largest batch.
+    Per-run cadences left None scale with the run's length: ``log_every`` = steps/500 (dense
+    curves for steps-to-target), ``eval_every`` = steps/20, ``checkpoint_every`` = steps/10.
     """
     sizes = sorted({int(b) for b in batch_sizes})
     if any(b < 1 for b in sizes):
@@ -107,8 +112,12 @@ def plan_sweep(
         for f in factors:
             lr = centre * f
             subdir = f"b{b}" if lr_rule != "grid" else f"b{b}_lr{_lr_tag(lr)}"
+            steps = max(1, math.ceil(base.tokens / (b * base.seq_len)))
             cfg = dataclasses.replace(
-                base, name=subdir, batch_size=b, lr=lr, warmup=warmup, out=str(out / subdir), resume=True
+                base, name=subdir, batch_size=b, lr=lr, warmup=warmup, out=str(out / subdir), resume=True,
+                log_every=log_every or max(1, steps // 500),
+                eval_every=eval_every if eval_every is not None else max(1, steps // 20),
+                checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, steps // 10),
             )
             runs.append(SweepRun(b, lr, subdir, validate(cfg)))
     return runs
@@ -140,28 +149,41 @@ def run_sweep(
     lr_grid: Sequence[float] = DEFAULT_LR_GRID,
     train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
+    **cadence: int | None,
 ) -> dict[str, Any]:
     """Train (or resume, or skip) every run of the sweep into ``out``; returns ``sweep.json``'s content.
 
     ``train_fn`` defaults to :func:`scalinglab.train.loop.train`. A sweep dir may be continued with
     more batch sizes, but not with different shared settings (model, data, tokens, lr rule...).
+    ``cadence``: ``log_every``, ``eval_every``, ``checkpoint_every`` for :func:`plan_sweep`.
     """
-    runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out)
     out = Path(out)
     meta_path = out / SWEEP_FILE
     settings = _settings(base, lr_rule, base_batch, lr_grid)
     meta: dict[str, Any] = {"kind": "batch-sweep", "batch_sizes": [], "lr_rule": lr_rule, "runs": {},
-                            "settings": settings, "lr": {}, "candidates": {}}
+                            "settings": settings, "warmup": None, "lr": {}, "candidates": {}}
     if meta_path.exists():
-        old = read_json(meta_path)
-        if old.get("kind") != "batch-sweep":
-            raise UserError(f"{meta_path} exists but is not a batch sweep")
+        try:
+            old = read_json(meta_path)
+        except ValueError:
+            raise UserError(f"{meta_path} is not valid JSON; remove it or choose a new --out") from None
+        if not isinstance(old, dict) or old.get("kind") != "batch-sweep":
+            raise UserError(f"{meta_path} exists but is not a batch sweep; choose a new --out")
         if old.get("settings") != settings:
             diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
             raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
         meta.update({k: old[k] for k in ("runs", "lr", "candidates") if isinstance(old.get(k), dict)})
         meta["batch_sizes"] = list(old.get("batch_sizes") or [])
+        if base.warmup is None and isinstance(old.get("warmup"), int):
+            base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
+    runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out,
+                      **cadence)
+    meta["warmup"] = runs[0].config.warmup
     meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})
+    if lr_rule != "grid":  # one run per batch size: list it from the start so fit-batch can watch progress
+        for r in runs:
+            meta["runs"][str(r.batch_size)] = r.subdir
+            meta["lr"][str(r.batch_size)] = r.lr
     atomic_write_json(meta_path, meta)
 
     if train_fn is None:
