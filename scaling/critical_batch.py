@@ -81,6 +81,13 @@ class RunCurve:
     b_simple: np.ndarray
     lr: float | None = None
     complete: bool = False
+    rel_width: float = 0.0  # smoothing half-width used for ``loss`` (fraction of the step)
+
+    def reliable_min(self) -> float:
+        """Lowest smoothed loss where the window is at least half its nominal width (the last
+        ~10 % of a run is averaged over ever fewer points, so a noisy dip there does not count)."""
+        keep = self.steps <= self.steps[-1] / (1.0 + 0.5 * self.rel_width)
+        return float(np.min(self.loss[keep] if keep.any() else self.loss))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -137,8 +144,9 @@ def curve_from_rows(
     steps = np.array(sorted(by_step), dtype=np.float64)
     raw = np.array([by_step[int(s)][0] for s in steps])
     bs = np.array([by_step[int(s)][1] for s in steps])
-    smoothed = smooth_loss(steps, raw, rel_width if source == "train" else 0.0)
-    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete)
+    width = rel_width if source == "train" else 0.0
+    smoothed = smooth_loss(steps, raw, width)
+    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete, width)
 
 
 def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:
@@ -183,7 +191,9 @@ def load_sweep(sweep_dir: str | Path, *, source: str = "train", rel_width: float
     if not isinstance(meta, dict) or meta.get("kind") != "batch-sweep" or not isinstance(meta.get("runs"), dict):
         raise UserError(f"{meta_path} is not a batch-sweep description (kind/runs missing)")
     curves = []
-    for _, sub in sorted(meta["runs"].items(), key=lambda kv: int(kv[0])):
+    for _, sub in sorted(meta["runs"].items(), key=lambda kv: str(kv[0]).zfill(12)):
+        if not isinstance(sub, str):
+            raise UserError(f"{meta_path}: runs must map batch sizes to run sub-directories")
         run_dir = sweep_dir / sub
         if not (run_dir / "metrics.jsonl").is_file():
             continue
@@ -256,7 +266,7 @@ def interp_at_step(steps_T: np.ndarray, values_T: np.ndarray, step: float) -> fl
 
 def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> np.ndarray:
     """``n`` target losses evenly spaced in log loss, all reached by every run (descending)."""
-    lo = max(float(np.min(c.loss)) for c in curves)  # every run gets at least this low
+    lo = max(c.reliable_min() for c in curves)  # every run gets at least this low
     start = min(float(c.loss[0]) for c in curves)
     if not start > lo:
         raise UserError("the runs' loss curves do not overlap: no loss is both below every start and reached by every run")
