@@ -36,13 +36,13 @@ def global_sq_norm(tree: Any) -> jax.Array:
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> dict[str, Any]:
-    zero = jnp.zeros((), jnp.int32)
+    zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731 - distinct buffers (the state is donated)
     return {
         "params": params,
         "opt_state": optimizer.init(params),
-        "step": zero,
-        "skipped": zero,
-        "bad_streak": zero,
+        "step": zero(),
+        "skipped": zero(),
+        "bad_streak": zero(),
         "gns": gns_lib.init_state(),
     }
 
