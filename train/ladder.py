@@ -39,7 +39,7 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
         schedule="cosine",
         warmup=run.warmup,
         out=str(run_dir),
-        resume=(run_dir / "checkpoints").exists(),
+        resume=True,  # continues from the newest checkpoint if any, else starts fresh
         **train_kwargs,
     )
 
