@@ -82,8 +82,10 @@ def params_report(preset: str, cfg: ModelConfig) -> dict[str, Any]:
 
 def run_params(args: argparse.Namespace) -> int:
     if args.preset is None or args.all:
-        if args.preset is not None or args.set:
-            raise UserError("--all prints every preset; drop --preset/--set (or drop --all)")
+        if args.preset is not None:
+            raise UserError("--all prints every preset; drop --preset (or drop --all)")
+        if args.set:
+            raise UserError("--set needs --preset NAME (the config to change)")
         return _params_all(args.json)
     rep = params_report(args.preset, _config(args))
     if args.json:
