@@ -7,9 +7,12 @@ d_model/n_layer ≈ ``aspect_ratio``" into the nearest buildable :class:`ModelCo
   ``n_head = d_model / head_dim`` always divides d_model; d_model is a multiple of
   ``head_dim`` (times ``query_groups`` for grouped-query attention).
 * For every depth L the width d_L is the allowed width whose *exact* non-embedding N
-  (:func:`scalinglab.models.accounting.param_counts`) is closest to the target in log;
-  the depth kept is the one whose d_L/L is closest (in log) to ``aspect_ratio``. So N is
-  matched up to the width granularity, and the shape as well as integer depth allows.
+  (:func:`scalinglab.models.accounting.param_counts`) is closest to the target in log.
+  Among the depths whose d_L/L lies within a factor ``aspect_tolerance`` (default 2) of
+  ``aspect_ratio``, the one whose N is closest to the target wins (ties: the closer
+  shape). Kaplan et al. (2020) found loss within ~1% over aspect ratios 20–200, so the
+  size is matched first and the shape only kept in band. When no depth is in the band
+  (targets below one layer of the asked shape), the closest shape wins.
 * With ``n_layer`` given, the depth is fixed: the width matches ``n_non_embedding`` if
   given, else d_model ≈ aspect_ratio · n_layer.
 
@@ -27,6 +30,7 @@ from scalinglab.models.config import FAMILIES, ModelConfig, swiglu_hidden, valid
 
 DEFAULT_ASPECT_RATIO = 32.0
 DEFAULT_HEAD_DIM = 16
+DEFAULT_ASPECT_TOLERANCE = 2.0  # accept d_model/n_layer within a factor 2 of the asked ratio
 SWIGLU_MULTIPLE = 16  # ladder SwiGLU widths: 8/3·d_model rounded up to a multiple of 16
 
 _MAX_LAYERS = 512
@@ -76,6 +80,7 @@ def ladder_config(
     n_ctx: int = 256,
     vocab_size: int = 257,
     query_groups: int = 1,
+    aspect_tolerance: float = DEFAULT_ASPECT_TOLERANCE,
 ) -> ModelConfig:
     """Nearest valid config to a target non-embedding size and/or depth.
 
@@ -87,6 +92,8 @@ def ladder_config(
       head_dim: fixed attention head width; n_head = d_model / head_dim.
       n_ctx, vocab_size: passed through (N does not depend on them).
       query_groups: query heads per kv head (modern family GQA); 1 = multi-head.
+      aspect_tolerance: depths whose d_model/n_layer is within this factor of
+        ``aspect_ratio`` are candidates; the one matching N best wins.
     """
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -98,6 +105,8 @@ def ladder_config(
         raise UserError(f"n_layer must be positive, got {n_layer}")
     if not aspect_ratio > 0:
         raise UserError(f"aspect ratio d_model/n_layer must be positive, got {aspect_ratio}")
+    if not aspect_tolerance >= 1:
+        raise UserError(f"aspect tolerance must be ≥ 1, got {aspect_tolerance}")
     if head_dim < 1 or (family == "modern" and head_dim % 2):
         raise UserError(f"head_dim must be positive (and even for RoPE), got {head_dim}")
     if query_groups < 1 or (family == "gpt2" and query_groups != 1):
@@ -115,16 +124,24 @@ def ladder_config(
     if n_layer is not None:
         return validate(_best_width(make, int(n_layer), step, target))
 
-    best, best_err = None, math.inf
+    # Every depth with its N-matching width, until d_L/L falls below the tolerated band.
+    candidates = []
     for L in range(1, _MAX_LAYERS + 1):
         cfg = _best_width(make, L, step, target)
-        err = abs(math.log(cfg.d_model / L / aspect_ratio))
-        if err < best_err:
-            best, best_err = cfg, err
-        if cfg.d_model / L < aspect_ratio:  # d_L/L only falls with depth: past the crossing
+        candidates.append(cfg)
+        if cfg.d_model / L < aspect_ratio / aspect_tolerance:
             break
-    assert best is not None
-    return validate(best)
+
+    def shape_err(c: ModelConfig) -> float:
+        return abs(math.log(c.d_model / c.n_layer / aspect_ratio))
+
+    def size_err(c: ModelConfig) -> float:
+        return abs(math.log(_n(c) / target))
+
+    in_band = [c for c in candidates if shape_err(c) <= math.log(aspect_tolerance) + 1e-12]
+    if not in_band:  # tiny targets: even one layer is off the band; take the closest shape
+        return validate(min(candidates, key=lambda c: (shape_err(c), size_err(c))))
+    return validate(min(in_band, key=lambda c: (size_err(c), shape_err(c))))
 
 
 def log_spaced_sizes(n_min: float, n_max: float, k: int) -> list[float]:
@@ -153,4 +170,11 @@ def ladder_configs(family: str, n_min: float, n_max: float, k: int, **kwargs) ->
     return sorted(out, key=_n)
 
 
-__all__ = ["ladder_config", "ladder_configs", "log_spaced_sizes", "DEFAULT_ASPECT_RATIO", "DEFAULT_HEAD_DIM"]
+__all__ = [
+    "ladder_config",
+    "ladder_configs",
+    "log_spaced_sizes",
+    "DEFAULT_ASPECT_RATIO",
+    "DEFAULT_ASPECT_TOLERANCE",
+    "DEFAULT_HEAD_DIM",
+]
