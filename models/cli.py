@@ -96,7 +96,7 @@ def run_params(args: argparse.Namespace) -> int:
           f"n_kv_head={c['n_kv_head']} d_ff={c['d_ff']} n_ctx={c['n_ctx']} vocab_size={c['vocab_size']} "
           f"tied={c['tie_embeddings']}")
     rows = [[g, _fmt(n)] for g, n in rep["by_group"].items()]
-    rows += [[k, _fmt(rep[k])] for k in ("total", "embedding", "head", "non_embedding",
+    rows += [[k, _fmt(rep[k])] for k in ("total", "embedding", "non_embedding",
                                           "non_embedding_with_head", "closed_form_12Ld2", "gap_vs_12Ld2")]
     print(_table(rows, ["parameters", "count"]))
     return 0
