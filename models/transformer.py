@@ -26,7 +26,7 @@ value matmuls run inside ``jax.nn.dot_product_attention`` over the full T×T mat
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
