@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
@@ -87,3 +88,17 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
     )
+
+
+def load_params(run_dir: str | Path, step: int | None = None) -> tuple[int, Any]:
+    """(step, params as numpy arrays) of a run's checkpoint (default: the newest), for analysis."""
+    ck = Checkpointer(Path(run_dir) / "checkpoints", read_only=True)
+    try:
+        steps = ck.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoints in {run_dir}")
+        step = steps[-1] if step is None else int(step)
+        out = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return step, jax.tree.map(np.asarray, out["state"]["params"])
+    finally:
+        ck.close()

@@ -100,8 +100,12 @@ class TrainConfig:
         steps = self.total_steps()
         return max(1, round(0.05 * steps)) if steps > 1 else 0
 
-    def mesh_shape(self, n_devices: int) -> dict[str, int]:
-        """Mesh axis sizes; unspecified axes are 1 except ``data``, which takes the rest."""
+    def mesh_shape(self, n_devices: int, n_processes: int = 1) -> dict[str, int]:
+        """Mesh axis sizes; unspecified axes are 1 except ``data``, which takes the rest.
+
+        A single process may use fewer devices than it has (the first data·fsdp·tensor);
+        several processes must use all of them.
+        """
         mesh = dict(self.mesh or {})
         for k in mesh:
             if k not in MESH_AXES:
@@ -115,10 +119,11 @@ class TrainConfig:
         shape = {"data": int(data), "fsdp": fsdp, "tensor": tensor}
         if min(shape.values()) < 1:
             raise UserError(f"mesh axis sizes must be positive, got {shape}")
-        if math.prod(shape.values()) != n_devices:
+        n = math.prod(shape.values())
+        if n > n_devices or (n < n_devices and n_processes > 1):
             raise UserError(
                 f"mesh data={shape['data']},fsdp={fsdp},tensor={tensor} has "
-                f"{math.prod(shape.values())} devices, but {n_devices} are available"
+                f"{n} devices, but {n_devices} are available"
             )
         return shape
 

@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     n_proc = jax.process_count()
 
     # ---- mesh and shardings
-    mesh_shape = cfg.mesh_shape(jax.device_count())
+    mesh_shape = cfg.mesh_shape(jax.device_count(), n_proc)
     mesh = sharding.make_mesh(**mesh_shape)
     dp = mesh_shape["data"] * mesh_shape["fsdp"]
     micro = cfg.batch_size // cfg.grad_accum

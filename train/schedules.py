@@ -1,7 +1,8 @@
 """Learning-rate schedules (optax): warmup+cosine, warmup+constant, and WSD.
 
-All schedules map the optimizer step (int, 0-based count of applied updates) to a
-learning rate. Warmup is linear from 0 to ``peak_lr`` over ``warmup`` steps.
+All schedules map optax's update count c (0-based) to the learning rate of update
+u = c + 1, so the first update already has a non-zero rate (peak/warmup) and the last one
+(u = total_steps) gets the final value. Warmup is linear, reaching ``peak_lr`` at u = warmup.
 
 * cosine: decays to ``min_lr_ratio·peak_lr`` exactly at the run's own length
   (Chinchilla's correction: the cosine cycle matches the number of steps).
@@ -38,6 +39,10 @@ def _decay(shape: str, peak_lr: float, steps: int) -> optax.Schedule:
     raise UserError(f"unknown WSD decay shape {shape!r}; choose linear or 1-sqrt")
 
 
+def _shifted(schedule: optax.Schedule) -> optax.Schedule:
+    return lambda count: schedule(count + 1)
+
+
 def make_schedule(
     name: str,
     *,
@@ -50,6 +55,12 @@ def make_schedule(
     decay_shape: str = "linear",
 ) -> optax.Schedule:
     """Build the schedule ``name`` (``cosine|constant|wsd``) for a run of ``total_steps``."""
+    return _shifted(_by_update(name, peak_lr, total_steps, warmup, min_lr_ratio, decay_start,
+                               decay_fraction, decay_shape))
+
+
+def _by_update(name, peak_lr, total_steps, warmup, min_lr_ratio, decay_start, decay_fraction, decay_shape):
+    """The schedule as a function of the 1-based update index u."""
     warmup = int(min(max(warmup, 0), total_steps))
     if name == "cosine":
         if warmup >= total_steps:

@@ -1,0 +1,59 @@
+"""Shared fixtures for the training tests: a tiny prepared dataset and a compilation cache.
+
+The dataset is prepared once per session into a temporary data dir with
+``scalinglab.data.pipeline.prepare_dataset``; every run uses gpt2-tiny-sized models with
+seq_len 32 so the whole directory trains in a few minutes on two CPU cores.
+"""
+
+import os
+
+import jax
+import pytest
+
+DATASET = "synthetic_markov"
+TINY_DATA = None  # the builder's defaults are already small
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    from scalinglab.data import pipeline
+
+    d = tmp_path_factory.mktemp("data")
+    pipeline.prepare_dataset(DATASET, data_dir=str(d), config=TINY_DATA)
+    return str(d)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Persistent XLA cache shared by this session and its subprocesses (same programs compile once)."""
+    d = str(tmp_path_factory.mktemp("xla_cache"))
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", d)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = d
+    yield d
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
+@pytest.fixture
+def make_config(data_dir):
+    """``make_config(out, **fields)``: a small TrainConfig (gpt2-tiny with one layer, seq 32, batch 16,
+    log every step); one layer keeps XLA compile time, which dominates these runs, low."""
+    return lambda out, **kw: base_config(data_dir, out, **kw)
+
+
+@pytest.fixture(scope="session")
+def dataset_name():
+    return DATASET
+
+
+def base_config(data_dir, out, **kw):
+    from scalinglab.train.config import TrainConfig
+
+    defaults = dict(
+        preset="gpt2-tiny", overrides={"n_layer": 1}, dataset=DATASET, data_dir=data_dir, seq_len=32, batch_size=16, steps=6,
+        lr=3e-3, warmup=1, log_every=1, eval_every=0, eval_batches=2, checkpoint_every=0, out=str(out),
+    )
+    defaults.update(kw)
+    return TrainConfig(**defaults)

@@ -1,0 +1,145 @@
+"""End-to-end training loop tests on 8 forced CPU devices with a tiny model and dataset."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from scalinglab.errors import UserError
+from scalinglab.fileio import read_json
+from scalinglab.models import accounting
+from scalinglab.models.config import get_config
+from scalinglab.train.checkpoint import load_params
+from scalinglab.train.loop import train
+from scalinglab.train.metrics import read_metrics
+
+
+def _losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir)]
+
+
+def _flat(params):
+    import jax
+
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+
+
+def test_meshes_match_one_device(make_config, tmp_path):
+    """Same losses (≤ 1e-5 relative) and parameters as one device.
+
+    Parameters are compared as vectors (‖Δ‖/‖p‖ ≤ 1e-5): Adam divides each gradient entry by
+    its own magnitude, so entries whose gradient is a near-cancelling sum (rounding-level,
+    summation-order dependent) move by O(lr) either way; elementwise comparison of those
+    entries would test rounding noise, not the sharding.
+    """
+    runs = {}
+    for mesh in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:
+        out = tmp_path / "x".join(map(str, mesh))
+        cfg = make_config(out, steps=3, mesh=dict(zip(("data", "fsdp", "tensor"), mesh)))
+        summary = train(cfg, progress=False)
+        grad_norms = [r["grad_norm"] for r in read_metrics(out)]
+        runs[mesh] = (_losses(out), _flat(load_params(out)[1]), summary, grad_norms)
+    ref_losses, ref_params, ref_summary, ref_gn = runs[(1, 1, 1)]
+    assert [s for s, _ in ref_losses] == [1, 2, 3]
+    assert ref_losses[-1][1] < ref_losses[0][1]
+    for mesh, (losses, params, summary, gn) in runs.items():
+        np.testing.assert_allclose([v for _, v in losses], [v for _, v in ref_losses], rtol=1e-5, err_msg=str(mesh))
+        np.testing.assert_allclose(gn, ref_gn, rtol=1e-5, err_msg=str(mesh))
+        assert np.linalg.norm(params - ref_params) <= 1e-5 * np.linalg.norm(ref_params), mesh
+        np.testing.assert_allclose(summary["final_eval_loss"], ref_summary["final_eval_loss"], rtol=1e-5)
+
+
+def test_run_directory_contract(make_config, tmp_path):
+    out = tmp_path / "run"
+    summary = train(make_config(out, steps=4, eval_every=2, log_every=2), progress=False)
+    conf = read_json(out / "config.json")
+    model_cfg = get_config("gpt2-tiny", {"n_layer": 1, "vocab_size": conf["data"]["vocab_size"]})
+    assert conf["model"]["vocab_size"] == conf["data"]["vocab_size"]  # from the dataset's tokenizer
+    assert conf["accounting"]["train_flops_per_token"] == accounting.train_flops_per_token(model_cfg, 32)
+    assert conf["accounting"]["non_embedding"] == accounting.param_counts(model_cfg)["non_embedding"]
+    assert conf["train"]["steps"] == 4 and conf["train"]["tokens"] == 4 * 16 * 32
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert r["tokens"] == r["step"] * 16 * 32
+        assert r["flops"] == r["tokens"] * conf["accounting"]["train_flops_per_token"]
+        assert "eval_loss" in r and r["skipped_steps"] == 0
+        assert r["gns_b_simple"] is not None and r["tokens_per_s"] > 0 and 0 < r["mfu"]
+        assert math.isclose(r["gns_b_simple"], r["gns_trace"] / r["gns_g2"], rel_tol=1e-5)
+    assert summary == read_json(out / "summary.json")
+    assert summary["final_eval_loss"] == records[-1]["eval_loss"] and summary["steps"] == 4
+    assert list((out / "tb").iterdir())
+    # a finished run resumes to its summary; a fresh run into a used directory is refused
+    assert train(make_config(out, steps=4, resume=True), progress=False) == summary
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(make_config(out, steps=4), progress=False)
+
+
+def test_nan_batches_skipped_counted_and_stop(make_config, tmp_path, monkeypatch):
+    """Token id = vocab_size is out of range → the embedding gather yields NaN → loss NaN."""
+    from scalinglab.data import pipeline
+
+    real = pipeline.make_train_iterator
+    poisoned = {3, 6, 7}
+
+    class Poison:
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            batch = np.array(next(self.it))
+            self.n += 1
+            if self.n in poisoned:
+                batch[0, 5] = 10**6
+            return batch
+
+        def get_state(self):
+            return self.it.get_state()
+
+        def set_state(self, s):
+            self.it.set_state(s)
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: Poison(real(*a, **k)))
+    out = tmp_path / "nan"
+    cfg = make_config(out, steps=10, max_bad_steps=2, checkpoint_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="2 consecutive non-finite steps.*last good checkpoint: step 5"):
+            train(cfg, progress=False)
+    assert sum("non-finite" in str(w.message) for w in caught) == 3
+    records = {r["step"]: r for r in read_metrics(out)}
+    assert records[3]["loss"] is None and records[2]["skipped_steps"] == 0
+    assert records[3]["skipped_steps"] == records[5]["skipped_steps"] == 1
+    assert records[6]["skipped_steps"] == 2 and 7 not in records  # stopped at step 7
+    assert all(records[s]["loss"] is not None for s in (1, 2, 4, 5))
+    step, params = load_params(out)
+    assert step == 5 and np.isfinite(_flat(params)).all()
+    assert not (out / "summary.json").exists()
+
+
+def test_wsd_cooldown_branch_beats_stable_run(make_config, tmp_path, dataset_name):
+    stable = tmp_path / "stable"
+    cfg = make_config(stable, steps=40, schedule="wsd", wsd_decay=0.25, lr=1e-2, warmup=2,
+                      eval_every=10, checkpoint_every=10, keep_checkpoints=1, log_every=5)
+    train(cfg, progress=False)
+    from scalinglab.train.checkpoint import Checkpointer
+
+    ck = Checkpointer(stable / "checkpoints", read_only=True)
+    assert {10, 20, 30}.issubset(ck.all_steps())  # stable-phase branch points kept beyond keep-last-1
+    ck.close()
+    branch = tmp_path / "branch"
+    from scalinglab.train.config import TrainConfig
+
+    summary = train(TrainConfig(branch_from=str(stable), branch_step=20, steps=30, out=str(branch),
+                                eval_every=10, log_every=5), progress=False)
+    stable_eval = {r["step"]: r["eval_loss"] for r in read_metrics(stable) if "eval_loss" in r}
+    branch_records = read_metrics(branch)
+    assert [r["step"] for r in branch_records if r["step"] <= 20] == [5, 10, 15, 20]  # parent's curve
+    assert branch_records[-1]["step"] == 30 and branch_records[-1]["lr"] < 0.1 * 1e-2
+    assert summary["final_eval_loss"] < stable_eval[30], (summary["final_eval_loss"], stable_eval)
+    conf = read_json(branch / "config.json")["train"]
+    assert conf["wsd_decay_start"] == 20 and conf["branch_from"] == str(stable) and conf["dataset"] == dataset_name
