@@ -1,0 +1,210 @@
+"""Chinchilla approach 3 (Hoffmann et al. 2022): ``L(N, D) = E + A/N^alpha + B/D^beta``.
+
+Units: ``N`` parameters, ``D`` training tokens, ``L`` loss in nats/token, ``C`` training FLOPs
+(``C = 6·N·D``).  Fitted as in the paper: with ``A = e^a, B = e^b, E = e^e`` minimise
+
+    sum_i Huber_delta( LSE(a − alpha·log N_i, b − beta·log D_i, e) − log L_i ),  delta = 1e-3
+
+with L-BFGS from a grid of starts (the paper's grid has 4,500 points, :func:`hoffmann_grid`);
+the best start wins.  All starts run at once (``jax.vmap``, float64) for a bounded number of
+iterations with a short line search, then the best few distinct optima are polished to tight
+tolerances.  The bootstrap
+refits every resample (count weights) from the best few optima, also in one batch.
+
+Compute-optimal allocation of the fitted law (minimise L subject to 6·N·D = C):
+``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``, ``G = (alpha·A / (beta·B))^(1/(alpha+beta))``,
+``N_opt = G·(C/6)^a``, ``D_opt = (C/6)^b / G``, tokens per parameter ``D_opt/N_opt = G^-2 (C/6)^(b−a)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from scalinglab.errors import UserError
+from scalinglab.scaling import multistart
+from scalinglab.scaling.bootstrap import DEFAULT_LEVEL, resample_counts
+from scalinglab.scaling.powerlaw import bootstrap_fields, check_positive
+from scalinglab.scaling.residuals import residual_stats
+
+HUBER_DELTA = 1e-3
+# internal parameter vector order (log-space amplitudes, exponents)
+VECTOR_ORDER = ("a", "b", "e", "alpha", "beta")
+LAW_PARAMS = ("E", "A", "B", "alpha", "beta")
+DERIVED = ("a", "b", "G")
+FORMULA = "L(N, D) = E + A / N^alpha + B / D^beta"
+
+
+def hoffmann_grid() -> np.ndarray:
+    """The paper's grid of starts ``float[4500, 5]`` in (a, b, e, alpha, beta) order:
+    alpha, beta ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}."""
+    return grid(a=np.arange(0, 30, 5.0), b=np.arange(0, 30, 5.0), e=np.arange(-1, 1.5, 0.5),
+                alpha=np.arange(0, 2.5, 0.5), beta=np.arange(0, 2.5, 0.5))
+
+
+def small_grid() -> np.ndarray:
+    """A 3×3×2×3×3 = 162-start grid over the same box, for quick fits and tests."""
+    return grid(a=np.array([0.0, 10.0, 20.0]), b=np.array([0.0, 10.0, 20.0]), e=np.array([-0.5, 0.5]),
+                alpha=np.array([0.2, 0.6, 1.2]), beta=np.array([0.2, 0.6, 1.2]))
+
+
+def grid(*, a, b, e, alpha, beta) -> np.ndarray:
+    """Cartesian product of start values ``float[S, 5]`` in (a, b, e, alpha, beta) order."""
+    return np.array(list(itertools.product(a, b, e, alpha, beta)), dtype=np.float64)
+
+
+def log_predict(x_P, log_n, log_d):
+    """log L̂ = LSE(a − alpha·log N, b − beta·log D, e) for parameter vector ``x_P`` (jax or numpy)."""
+    a, b, e, alpha, beta = (x_P[..., i] for i in range(5))
+    terms = [a - alpha * log_n, b - beta * log_d, e + 0.0 * log_n]
+    if isinstance(log_n, np.ndarray) and not isinstance(x_P, jax.Array):
+        return np.logaddexp(np.logaddexp(terms[0], terms[1]), terms[2])
+    return jax.nn.logsumexp(jnp.stack(terms), axis=0)
+
+
+def _loss(x_P, data, weights_N):
+    """Weighted mean Huber loss divided by delta (same minimiser as the paper's sum; O(1) scale
+    so that one set of tolerances fits every table)."""
+    pred = log_predict(x_P, data["log_n"], data["log_d"])
+    h = optax.losses.huber_loss(pred, data["log_l"], delta=HUBER_DELTA)
+    return jnp.sum(weights_N * h) / (HUBER_DELTA * jnp.sum(weights_N))
+
+
+def huber_objective(x_P: np.ndarray, n_params, n_tokens, loss) -> float:
+    """The paper's objective: sum over points of Huber_delta(log L̂ − log L) (numpy, float64)."""
+    r = log_predict(np.asarray(x_P, np.float64), np.log(n_params), np.log(n_tokens)) - np.log(loss)
+    ar = np.abs(r)
+    return float(np.sum(np.where(ar <= HUBER_DELTA, 0.5 * r**2, HUBER_DELTA * (ar - 0.5 * HUBER_DELTA))))
+
+
+def compute_optimal(params: dict, flops) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form ``(N_opt, D_opt)`` (parameters, tokens) at training FLOPs ``flops`` (C = 6ND)."""
+    a, b, G = derived(params["A"], params["B"], params["alpha"], params["beta"])
+    c6 = np.asarray(flops, dtype=np.float64) / 6.0
+    return G * c6**a, c6**b / G
+
+
+def derived(A, B, alpha, beta):
+    """Compute-optimal exponents and scale: ``(a, b, G)`` (works on arrays of bootstrap samples)."""
+    A, B, alpha, beta = (np.asarray(v, dtype=np.float64) for v in (A, B, alpha, beta))
+    with np.errstate(all="ignore"):
+        a = beta / (alpha + beta)
+        b = alpha / (alpha + beta)
+        G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+    return a, b, G
+
+
+def predict_loss(params: dict, n_params, n_tokens) -> np.ndarray:
+    """``E + A/N^alpha + B/D^beta`` (nats/token) for parameters ``N`` and tokens ``D``."""
+    n = np.asarray(n_params, dtype=np.float64)
+    d = np.asarray(n_tokens, dtype=np.float64)
+    return params["E"] + params["A"] / n ** params["alpha"] + params["B"] / d ** params["beta"]
+
+
+def _to_law(x_P: np.ndarray) -> dict[str, np.ndarray]:
+    a, b, e, alpha, beta = (np.asarray(x_P)[..., i] for i in range(5))
+    with np.errstate(over="ignore"):
+        return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+
+
+def fit_approach3(
+    n_params,
+    n_tokens,
+    loss,
+    *,
+    starts: np.ndarray | None = None,
+    n_bootstrap: int = 0,
+    bootstrap_starts: int = 4,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    wide_iter: int = 100,
+    bootstrap_iter: int = 100,
+) -> dict:
+    """Fit ``L = E + A/N^alpha + B/D^beta`` to points (N parameters, D tokens, L nats/token).
+
+    ``starts`` is ``float[S, 5]`` in (a, b, e, alpha, beta) order (default: the paper's 4,500
+    point grid).  With ``n_bootstrap > 0`` the points are resampled with replacement and each
+    resample is refitted from the ``bootstrap_starts`` best distinct full-data optima.
+
+    Returns a JSON-able dict with ``E, A, B, alpha, beta, a, b, G`` (also under ``params``),
+    ``objective`` (sum of Huber losses, the paper's objective), ``residuals`` (log L̂ − log L),
+    ``n_points``, ``n_starts``, the tokens-per-parameter law and, when bootstrapped, ``ci``.
+    """
+    n = check_positive("params", n_params)
+    d = check_positive("tokens", n_tokens)
+    l = check_positive("loss", loss)
+    if not (n.shape == d.shape == l.shape) or n.ndim != 1:
+        raise UserError("params, tokens and loss must be 1-D columns of equal length")
+    if n.size < len(LAW_PARAMS):
+        raise UserError(f"the chinchilla law has {len(LAW_PARAMS)} parameters but the table has {n.size} points")
+    starts_SP = hoffmann_grid() if starts is None else np.atleast_2d(np.asarray(starts, np.float64))
+    data = {"log_n": np.log(n), "log_d": np.log(d), "log_l": np.log(l)}
+    ones_N = np.ones(n.size)
+
+    # 1) every start, bounded iterations; 2) polish the best distinct optima in float64.
+    wide = multistart.minimize_batch(
+        _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
+        dtype="float64", max_iter=wide_iter, gtol=1e-8, ftol=1e-12,
+    )
+    cand = multistart.best_distinct(wide, max(bootstrap_starts, 4))
+    if cand.size == 0:
+        raise UserError("approach-3 fit diverged from every start (check the table's units)")
+    fine = multistart.polish(_loss, wide.params_MP[cand], ones_N, data)
+    order = np.argsort(np.where(np.isfinite(fine.value_M), fine.value_M, np.inf))
+    x_best = fine.params_MP[order[0]]
+
+    law = {k: float(v) for k, v in _to_law(x_best).items()}
+    a, b, G = (float(v) for v in derived(law["A"], law["B"], law["alpha"], law["beta"]))
+    params = {**law, "a": a, "b": b, "G": G}
+    resid = log_predict(x_best, data["log_n"], data["log_d"]) - data["log_l"]
+    result: dict = {
+        "law": "chinchilla",
+        "formula": FORMULA,
+        "param_names": list(LAW_PARAMS + DERIVED),
+        "params": params,
+        **params,
+        "objective": huber_objective(x_best, n, d, l),
+        "objective_kind": f"sum of Huber(delta={HUBER_DELTA}) on log L residuals",
+        "huber_delta": HUBER_DELTA,
+        "residuals": residual_stats(resid),
+        "n_points": int(n.size),
+        "n_starts": int(len(starts_SP)),
+        "optimizer": {
+            "wide_pass": {"dtype": "float64", "max_iter": wide_iter,
+                          "n_hit_max_iter": int(np.sum(wide.n_iter_M >= wide_iter))},
+            "polish": {"dtype": "float64", "n_candidates": int(cand.size),
+                       "grad_norm": float(fine.grad_norm_M[order[0]]),
+                       "n_iter": int(fine.n_iter_M[order[0]])},
+        },
+        # D_opt/N_opt = k · C^(b − a), C in FLOPs
+        "tokens_per_param": {"coef": float(G**-2 * 6.0 ** (a - b)), "exponent": float(b - a)},
+    }
+    if n_bootstrap > 0:
+        x0_SP = fine.params_MP[order[: max(1, bootstrap_starts)]]
+        samples = bootstrap_approach3(x0_SP, data, n_bootstrap=n_bootstrap, seed=seed, max_iter=bootstrap_iter)
+        result.update(bootstrap_fields(samples, level))
+    return result
+
+
+def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed: int = 0,
+                        max_iter: int = 100) -> dict[str, np.ndarray]:
+    """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one vmapped batch);
+    returns ``{param: float[K]}`` for E, A, B, alpha, beta, a, b, G (best start per resample)."""
+    n = data["log_n"].size
+    counts_KN = resample_counts(n, n_bootstrap, seed=seed)
+    s = len(x0_SP)
+    x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
+    weights_MN = np.repeat(counts_KN, s, axis=0)
+    res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype="float64",
+                                    max_iter=max_iter, gtol=1e-8, ftol=1e-12)
+    value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
+    best_K = np.argmin(value_KS, axis=1)
+    x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]
+    x_KP[~np.isfinite(value_KS.min(axis=1))] = np.nan
+    law = _to_law(x_KP)
+    a, b, G = derived(law["A"], law["B"], law["alpha"], law["beta"])
+    return {**law, "a": a, "b": b, "G": G}

@@ -1,0 +1,165 @@
+"""Many L-BFGS minimisations at once: ``optax.lbfgs`` in a ``lax.while_loop``, ``jax.vmap``-ed.
+
+A scaling-law fit is a small smooth problem (a handful of parameters, tens to hundreds of
+points) solved from a grid of starting points and, for the bootstrap, once per resample.
+Instead of a Python loop over (start, resample) pairs, :func:`minimize_batch` solves M
+problems in one jitted call: row ``m`` starts at ``x0_MP[m]`` and weights the data points
+by ``weights_MN[m]`` (ones for the plain fit, bootstrap counts for a resample).
+
+Under ``vmap`` every row advances in lock step until the slowest one stops, so the cost is
+``M × max_iter``; callers therefore run a wide, cheap pass (float32, few iterations) over all
+starts and then :func:`polish` the best few in float64 to tight tolerances.  ``jax.enable_x64``
+is switched on locally for float64, never globally.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree
+
+# loss_fn(params_P, data, weights_N) -> scalar, where data is a pytree of float[N] arrays.
+LossFn = Callable[[jax.Array, object, jax.Array], jax.Array]
+
+
+class BatchResult(NamedTuple):
+    """Solutions of M problems (numpy): ``params_MP``, ``value_M``, ``n_iter_M``, ``grad_norm_M``."""
+
+    params_MP: np.ndarray
+    value_M: np.ndarray
+    n_iter_M: np.ndarray
+    grad_norm_M: np.ndarray
+
+
+def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
+    """One L-BFGS run (backtracking Armijo line search); stops on a small gradient norm,
+    a relative objective change below ``ftol`` between iterates, or ``max_iter``."""
+
+    def fun(p):
+        return loss_fn(p, data, weights_N)
+
+    opt = optax.lbfgs(
+        memory_size=10,
+        linesearch=optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=ls_steps, decrease_factor=0.5, store_grad=True
+        ),
+    )
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        x, state, it, _ = carry
+        value, grad = value_and_grad(x, state=state)
+        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(x, updates), state, it + 1, value
+
+    def cond(carry):
+        _, state, it, f_before = carry
+        value = optax.tree.get(state, "value")
+        grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
+        stalled = jnp.abs(f_before - value) <= ftol * jnp.maximum(jnp.abs(value), 1.0)
+        converged = (grad_norm <= gtol) | stalled
+        return (it == 0) | ((it < max_iter) & ~converged & jnp.isfinite(value))
+
+    inf = jnp.asarray(jnp.inf, x0_P.dtype)
+    x, _, it, _ = jax.lax.while_loop(cond, step, (x0_P, opt.init(x0_P), 0, inf))
+    value, grad = jax.value_and_grad(fun)(x)
+    return x, value, it, optax.tree.norm(grad)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(loss_fn: LossFn, max_iter: int, gtol: float, ftol: float, ls_steps: int):
+    solve = functools.partial(_solve_one, loss_fn, max_iter, gtol, ftol, ls_steps)
+    return jax.jit(jax.vmap(solve, in_axes=(0, 0, None)))
+
+
+def minimize_batch(
+    loss_fn: LossFn,
+    x0_MP: np.ndarray,
+    weights_MN: np.ndarray,
+    data: object,
+    *,
+    dtype: str = "float64",
+    max_iter: int = 500,
+    gtol: float = 1e-10,
+    ftol: float = 1e-15,
+    ls_steps: int = 6,
+) -> BatchResult:
+    """Minimise ``loss_fn(x, data, weights_MN[m])`` from ``x0_MP[m]`` for every row m at once.
+
+    ``loss_fn`` must be a module-level function (it keys the compile cache); ``data`` is a
+    pytree of arrays shared by all rows; ``dtype`` is ``"float32"`` or ``"float64"``.
+    Rows that diverge come back non-finite (callers rank rows by ``value_M``, NaN last).
+
+    The line search is capped at ``ls_steps`` halvings: under ``vmap`` every row waits for the
+    row needing the most, so a short cap keeps an iteration at a few objective evaluations.
+    M is padded to a bucket (repeated rows) and N to a power of two (zero-weight points) so
+    that tables of similar size share one compilation.
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError("dtype must be float32 or float64")
+    with jax.enable_x64(dtype == "float64"):
+        solver = _compiled(loss_fn, int(max_iter), float(gtol), float(ftol), int(ls_steps))
+        x0_MP = np.asarray(x0_MP, dtype=np.float64)
+        weights_MN = np.asarray(weights_MN, dtype=np.float64)
+        m, n = weights_MN.shape
+        m_pad, n_pad = _bucket_rows(m), _bucket_points(n)
+        rows = np.arange(m_pad) % m
+        x0 = jnp.asarray(x0_MP[rows], dtype=dtype)
+        w = jnp.asarray(np.pad(weights_MN[rows], ((0, 0), (0, n_pad - n))), dtype=dtype)
+        d = jax.tree.map(lambda a: jnp.asarray(np.pad(np.asarray(a, np.float64), (0, n_pad - n)), dtype=dtype), data)
+        x, value, it, gnorm = solver(x0, w, d)
+        out = BatchResult(
+            np.asarray(x, np.float64)[:m], np.asarray(value, np.float64)[:m],
+            np.asarray(it)[:m], np.asarray(gnorm, np.float64)[:m],
+        )
+    return out
+
+
+def _bucket_rows(m: int) -> int:
+    """Rows padded to a power of two up to 256, then to a multiple of 256."""
+    if m <= 256:
+        return max(8, 1 << (m - 1).bit_length())
+    return -(-m // 256) * 256
+
+
+def _bucket_points(n: int) -> int:
+    """Points padded to a power of two (at least 16)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def best_distinct(result: BatchResult, k: int, *, decimals: int = 3) -> np.ndarray:
+    """Indices of the ``k`` lowest-value finite rows whose parameters differ after rounding
+    to ``decimals`` (so the k candidates are k different local optima, best first)."""
+    order = np.argsort(np.where(np.isfinite(result.value_M), result.value_M, np.inf), kind="stable")
+    chosen: list[int] = []
+    seen: set[tuple] = set()
+    for i in order:
+        if not np.isfinite(result.value_M[i]):
+            break
+        key = tuple(np.round(result.params_MP[i], decimals))
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(int(i))
+        if len(chosen) == k:
+            break
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def polish(
+    loss_fn: LossFn,
+    x0_KP: np.ndarray,
+    weights_N: np.ndarray,
+    data: object,
+    *,
+    max_iter: int = 1000,
+) -> BatchResult:
+    """Refine a few candidate optima ``x0_KP`` in float64 to tight tolerances (one weight row)."""
+    x0_KP = np.atleast_2d(x0_KP)
+    weights_KN = np.broadcast_to(np.asarray(weights_N, np.float64), (x0_KP.shape[0], len(weights_N)))
+    return minimize_batch(loss_fn, x0_KP, weights_KN, data, dtype="float64", max_iter=max_iter, ls_steps=30)
