@@ -17,7 +17,8 @@ from scalinglab.train.optimizer import make_optimizer
 
 
 def _setup(preset="gpt2-tiny", lr=1e-3, seed=0):
-    model = Transformer(get_config(preset), rngs=nnx.Rngs(params=seed))
+    """A one-layer gpt2-tiny (compile time dominates these tests) and its LM loss."""
+    model = Transformer(get_config(preset, {"n_layer": 1}), rngs=nnx.Rngs(params=seed))
     graphdef, state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(state)
     schedule = optax.constant_schedule(lr)
