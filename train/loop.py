@@ -15,6 +15,7 @@ update (skipped when non-finite).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -32,7 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.fileio import atomic_write_json, atomic_write_text, read_json
 from scalinglab.models import accounting, sharding
 from scalinglab.models.config import get_config
 from scalinglab.models.transformer import Transformer
@@ -66,6 +67,15 @@ class _Preemption:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _any_process(flag: bool) -> bool:
+    """``flag`` OR-ed over all processes (every process must stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 # ---- model / loss -------------------------------------------------------------------------
@@ -311,9 +321,6 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
             start_step, resumed = cfg.branch_step, True
             if is_main:
                 lines = [r for r in metrics_lib.read_metrics(cfg.branch_from) if r.get("step", 0) <= start_step]
-                from scalinglab.fileio import atomic_write_text
-                import json
-
                 atomic_write_text(run_dir / metrics_lib.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines))
         if state is None:
             state = jax.jit(init_state, out_shardings=state_sh)()
@@ -349,7 +356,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
     try:
         with _Preemption() as preempt:
             for step in range(start_step, total_steps):
-                local = it.__next__()
+                local = next(it)
                 batch = jax.make_array_from_process_local_data(batch_sh, np.asarray(local, np.int32))
                 state, m = train_step(state, batch)
                 m = jax.device_get(m)
@@ -398,7 +405,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
                     save(done)
                 if window_steps == 0:  # throughput windows exclude eval and checkpoint time
                     window_t0 = time.perf_counter()
-                if preempt.requested and not is_last:
+                if not is_last and _any_process(preempt.requested):
                     save(done)
                     ckpt.wait()
                     status = "preempted"
