@@ -148,7 +148,7 @@ def fit_approach3(
     # 1) every start, bounded iterations; 2) polish the best distinct optima in float64.
     wide = multistart.minimize_batch(
         _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
-        dtype="float64", max_iter=wide_iter, gtol=1e-8, ftol=1e-12,
+        dtype="float64", max_iter=wide_iter, gtol=1e-8, ftol=0.0,
     )
     cand = multistart.best_distinct(wide, max(bootstrap_starts, 4))
     if cand.size == 0:
@@ -200,7 +200,7 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
     weights_MN = np.repeat(counts_KN, s, axis=0)
     res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype="float64",
-                                    max_iter=max_iter, gtol=1e-8, ftol=1e-12)
+                                    max_iter=max_iter, gtol=1e-8, ftol=0.0)
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
     best_K = np.argmin(value_KS, axis=1)
     x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]

@@ -37,7 +37,7 @@ class BatchResult(NamedTuple):
 
 
 def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
-    """One L-BFGS run (backtracking Armijo line search); stops on a small gradient norm,
+    """One L-BFGS run (zoom line search, strong Wolfe); stops on a small gradient norm,
     a relative objective change below ``ftol`` between iterates, or ``max_iter``."""
 
     def fun(p):
@@ -45,9 +45,7 @@ def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
 
     opt = optax.lbfgs(
         memory_size=10,
-        linesearch=optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=ls_steps, decrease_factor=0.5, store_grad=True
-        ),
+        linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=ls_steps, initial_guess_strategy="one"),
     )
     value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -87,7 +85,7 @@ def minimize_batch(
     max_iter: int = 500,
     gtol: float = 1e-10,
     ftol: float = 1e-15,
-    ls_steps: int = 6,
+    ls_steps: int = 10,
 ) -> BatchResult:
     """Minimise ``loss_fn(x, data, weights_MN[m])`` from ``x0_MP[m]`` for every row m at once.
 
@@ -95,7 +93,7 @@ def minimize_batch(
     pytree of arrays shared by all rows; ``dtype`` is ``"float32"`` or ``"float64"``.
     Rows that diverge come back non-finite (callers rank rows by ``value_M``, NaN last).
 
-    The line search is capped at ``ls_steps`` halvings: under ``vmap`` every row waits for the
+    The line search is capped at ``ls_steps`` evaluations: under ``vmap`` every row waits for the
     row needing the most, so a short cap keeps an iteration at a few objective evaluations.
     M is padded to a bucket (repeated rows) and N to a power of two (zero-weight points) so
     that tables of similar size share one compilation.
