@@ -83,7 +83,6 @@ def resolve_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any
     """Full config of dataset ``name``: builder defaults ← preset ← ``config``; typed."""
     builder, _ = datadir.split_name(name)
     _, cfg_cls, _, default_tok = _builder_parts(builder)
-    base = {"name": "default", "version": "1.0.0"}
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(cfg_cls)
@@ -91,6 +90,8 @@ def resolve_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any
         and not f.name.startswith(("release", "supported", "tags"))
     }
     defaults.update(_TOKENIZER_KEYS, tokenizer=default_tok)
+    if builder == "synthetic_markov":  # tokens are already ids: no BPE
+        del defaults["bpe_vocab_size"]
     merged = dict(defaults)
     for src in (PRESETS.get(name, {}), dict(config or {})):
         for key, value in src.items():
@@ -102,7 +103,6 @@ def resolve_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any
     allowed_tok = ("ids",) if builder == "synthetic_markov" else ("bytes", "bpe")
     if merged["tokenizer"] not in allowed_tok:
         raise UserError(f"{builder} supports tokenizer {' or '.join(allowed_tok)}, got {merged['tokenizer']!r}")
-    del base
     return merged
 
 
@@ -332,8 +332,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Prepar
     ds = PreparedDataset(name=name, directory=directory, manifest=manifest)
     try:
         for split in SPLITS:
-            if len(ds.data_source(split)) != ds.n_documents(split):
+            source = ds.data_source(split)
+            if len(source) != ds.n_documents(split):
                 raise ValueError("document count mismatch")
+            for i in {0, len(source) - 1}:  # shards open lazily: touch both ends
+                ds.document_tokens(source[i])
         if ds.tokenizer.vocab_size != ds.vocab_size:
             raise ValueError("tokenizer vocabulary mismatch")
     except UserError:
