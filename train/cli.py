@@ -19,7 +19,7 @@ _FIELDS = (
     "preset", "dataset", "data_dir", "seq_len", "batch_size", "tokens", "steps", "lr", "schedule", "warmup",
     "out", "grad_accum", "dtype", "seed", "eval_every", "eval_batches", "log_every", "checkpoint_every",
     "keep_checkpoints", "wsd_decay", "wsd_decay_shape", "branch_from", "branch_step", "z_loss", "weight_decay",
-    "clip", "name", "max_bad_steps",
+    "clip", "name", "max_bad_steps", "data_shards",
 )
 
 
@@ -113,6 +113,7 @@ def register(subparsers: Any) -> None:
     a("--dataset", help="prepared dataset name (see `scalinglab data prepare`)")
     a("--data-dir", help="data directory (default $SCALINGLAB_DATA_DIR or ~/.cache/scalinglab/data)")
     a("--seq-len", type=int, help="tokens per sequence")
+    a("--data-shards", type=int, help="pipeline shards defining the global batch stream (default: process count)")
     a("--batch-size", type=int, help="global batch size in sequences (over all devices and processes)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tokens", type=int, help="training budget in tokens")

@@ -33,6 +33,7 @@ class TrainConfig:
     data_dir: str | None = None
     seq_len: int = 128  # tokens per sequence
     batch_size: int = 32  # global batch, sequences
+    data_shards: int | None = None  # pipeline shards defining the global stream; None → process count
     tokens: int | None = None  # token budget; steps = ceil(tokens / (batch_size*seq_len))
     steps: int | None = None
     # optimizer
@@ -162,6 +163,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"gns_ema must be in [0, 1), got {cfg.gns_ema}")
     if (cfg.branch_from is None) != (cfg.branch_step is None):
         raise UserError("--branch-from and --branch-step go together")
+    if cfg.data_shards is not None and (cfg.data_shards < 1 or cfg.batch_size % cfg.data_shards):
+        raise UserError(f"data_shards must be ≥ 1 and divide --batch-size, got {cfg.data_shards}")
     if cfg.branch_from is not None and cfg.resume:
         raise UserError("--branch-from starts a new run; it cannot be combined with --resume")
     return cfg

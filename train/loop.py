@@ -38,6 +38,7 @@ from scalinglab.models import accounting, sharding
 from scalinglab.models.config import get_config
 from scalinglab.models.transformer import Transformer
 from scalinglab.train import checkpoint as ckpt_lib
+from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train import step as step_lib
@@ -294,9 +295,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
         return float(np.mean([float(eval_step(params, b)) for b in eval_batches]))
 
     # ---- data, checkpoints, state
-    it = pipeline.make_train_iterator(
+    it = ProcessBatches(
         ds, seq_len=cfg.seq_len, global_batch_size=cfg.batch_size, seed=cfg.seed,
-        process_index=pid, process_count=n_proc,
+        shards=cfg.data_shards or n_proc, process_index=pid, process_count=n_proc,
     )
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -325,12 +326,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
         if state is None:
             state = jax.jit(init_state, out_shardings=state_sh)()
         if extra.get("data") is not None:
-            it.set_state(extra["data"])
+            it.set_global_state(extra["data"])
         summary = _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule,
                        start_step=start_step, total_steps=total_steps, resumed=resumed, progress=progress,
                        is_main=is_main, batch_sh=batch_sh, extra=extra)
     finally:
         ckpt.close()
+        it.close()
     return summary
 
 
@@ -349,7 +351,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
     status = "complete"
 
     def save(step: int) -> None:
-        ckpt.save(step, state, {"data": it.get_state(), "step": step, "seed": cfg.seed,
+        ckpt.save(step, state, {"data": it.global_state(), "step": step, "seed": cfg.seed,
                                 "best_eval_loss": best_eval, "last_eval_loss": last_eval})
 
     window_t0, window_steps = time.perf_counter(), 0

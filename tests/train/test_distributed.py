@@ -14,7 +14,8 @@ from scalinglab.train.metrics import read_metrics
 @pytest.mark.slow
 def test_two_processes_match_one(make_config, tmp_path):
     ref = tmp_path / "one"
-    train(make_config(ref, steps=4, mesh={"data": 8}), progress=False)
+    # one process reading both data shards sees the same global batches as two processes
+    train(make_config(ref, steps=4, mesh={"data": 8}, data_shards=2), progress=False)
     cfg = make_config(tmp_path / "two", steps=4)
     args = [
         "--preset", cfg.preset, "--set", "n_layer=1", "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
