@@ -58,6 +58,7 @@ CI_LEVEL = 0.95
 # keeps the warm-up transient (where S barely depends on B) out of the fit.
 UPPER_FRACTION = 0.5
 LOWER_MARGIN = 0.02  # fraction of the log-loss range kept clear of the highest final loss
+WARMUP_MARGIN = 3  # default targets are crossed by every run only after this many × its warmup steps
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class RunCurve:
     lr: float | None = None
     complete: bool = False
     rel_width: float = 0.0  # smoothing half-width used for ``loss`` (fraction of the step)
+    warmup: int = 0  # learning-rate warmup of the run, steps (from config.json; 0 if unknown)
 
     def reliable_min(self) -> float:
         """Lowest smoothed loss where the window is at least half its nominal width (the last
@@ -125,6 +127,7 @@ def curve_from_rows(
     rel_width: float = DEFAULT_REL_WIDTH,
     lr: float | None = None,
     complete: bool = False,
+    warmup: int = 0,
 ) -> RunCurve:
     """Build a smoothed :class:`RunCurve` from metrics rows (see module docstring for ``source``)."""
     if source not in ("train", "eval"):
@@ -146,7 +149,7 @@ def curve_from_rows(
     bs = np.array([by_step[int(s)][1] for s in steps])
     width = rel_width if source == "train" else 0.0
     smoothed = smooth_loss(steps, raw, width)
-    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete, width)
+    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete, width, int(warmup))
 
 
 def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:
@@ -161,6 +164,7 @@ def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: flo
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         raise UserError(f"{cfg_path}: missing train.batch_size / train.seq_len") from None
     lr = _finite(train.get("lr"))
+    warmup = _finite(train.get("warmup"))
     return curve_from_rows(
         read_metrics(metrics_path),
         batch_size=batch_size,
@@ -170,6 +174,7 @@ def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: flo
         rel_width=rel_width,
         lr=None if math.isnan(lr) else lr,
         complete=(run_dir / "summary.json").is_file(),
+        warmup=0 if math.isnan(warmup) else int(warmup),
     )
 
 
@@ -265,7 +270,12 @@ def interp_at_step(steps_T: np.ndarray, values_T: np.ndarray, step: float) -> fl
 
 
 def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> np.ndarray:
-    """``n`` target losses evenly spaced in log loss, all reached by every run (descending)."""
+    """``n`` target losses evenly spaced in log loss, all reached by every run (descending).
+
+    From just above the highest loss every run reaches (:meth:`RunCurve.reliable_min`) up to
+    ``UPPER_FRACTION`` of the way (in log) to the lowest starting loss, and no higher than any run's
+    loss at ``WARMUP_MARGIN`` × its warmup, so that every crossing happens after the warmup transient.
+    """
     lo = max(c.reliable_min() for c in curves)  # every run gets at least this low
     start = min(float(c.loss[0]) for c in curves)
     if not start > lo:
@@ -273,6 +283,13 @@ def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> n
     log_lo, log_start = math.log(lo), math.log(start)
     span = log_start - log_lo
     log_hi = log_lo + UPPER_FRACTION * span
+    after_warmup = [
+        float(np.interp(WARMUP_MARGIN * c.warmup, c.steps, c.loss))
+        for c in curves
+        if c.warmup > 0 and WARMUP_MARGIN * c.warmup <= c.steps[-1]
+    ]
+    if after_warmup and math.log(min(after_warmup)) > log_lo + 4 * LOWER_MARGIN * span:
+        log_hi = min(log_hi, math.log(min(after_warmup)))
     return np.exp(np.linspace(log_hi, log_lo + LOWER_MARGIN * span, n))
 
 

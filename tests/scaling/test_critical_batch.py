@@ -51,11 +51,12 @@ def synthetic_rows(batch_size, *, final_loss=1.7, log_every=10, noise=0.02, seed
     ]
 
 
-def write_sweep(root: Path, batch_sizes, **kw) -> Path:
+def write_sweep(root: Path, batch_sizes, warmup=None, **kw) -> Path:
     runs = {}
     for i, b in enumerate(batch_sizes):
         run = root / f"b{b}"
-        atomic_write_json(run / "config.json", {"name": run.name, "train": {"batch_size": b, "seq_len": SEQ_LEN, "lr": 1e-3}})
+        train = {"batch_size": b, "seq_len": SEQ_LEN, "lr": 1e-3, "warmup": warmup}
+        atomic_write_json(run / "config.json", {"name": run.name, "train": train})
         rows = synthetic_rows(b, seed=i, **kw)
         atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_json(run / "summary.json", {"status": "complete"})
@@ -189,6 +190,17 @@ def test_synthetic_sweep_recovers_bcrit_law_and_b_simple(tmp_path):
     assert result["bcrit_rises_as_loss_falls"] is True
 
 
+def test_default_targets_are_crossed_after_the_warmup_by_every_run(tmp_path):
+    plain = cb.default_targets(cb.load_sweep(write_sweep(tmp_path / "a", [8, 32, 128])))
+    curves = cb.load_sweep(write_sweep(tmp_path / "b", [8, 32, 128], warmup=40))
+    assert [c.warmup for c in curves] == [40, 40, 40]
+    targets = cb.default_targets(curves)
+    assert targets[0] < plain[0] and targets[-1] == pytest.approx(plain[-1])  # only the top moves
+    steps = cb.steps_matrix(curves, targets)
+    assert np.nanmin(steps) >= cb.WARMUP_MARGIN * 40 * 0.97  # 3 % slack for the smoothing
+    assert np.nanmin(steps[0]) == pytest.approx(cb.WARMUP_MARGIN * 40, rel=0.03)  # the cap binds
+
+
 def test_few_runs_use_residual_bootstrap_with_nondegenerate_intervals(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", [8, 32, 128])
     result = cb.json_safe(cb.analyze_sweep(cb.load_sweep(sweep), targets=[2.2, 2.0], n_bootstrap=200))
@@ -232,7 +244,6 @@ def test_cli_json_and_plots(tmp_path):
     [
         ("two_sizes", "3 distinct batch sizes"),
         ("unreached", "no run reaches target loss"),
-        ("missing", "does not exist"),
         ("bad_target", "--targets expects loss values"),
     ],
 )
@@ -241,8 +252,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, case, needle):
         args = [str(write_sweep(tmp_path / "s", [8, 64]))]
     elif case == "unreached":
         args = [str(write_sweep(tmp_path / "s", [8, 16, 64])), "--targets", "1.0"]
-    elif case == "missing":
-        args = [str(tmp_path / "nope")]
     else:
         args = [str(write_sweep(tmp_path / "s", [8, 16, 64])), "--targets", "abc"]
     proc = _cli("fit-batch", *args, "--plot", str(tmp_path / "plots"))
