@@ -1,0 +1,146 @@
+"""``scalinglab fit SOURCE --law ... [--bootstrap K] [--holdout K] [--json] [--plot DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from scalinglab.cli import emit_json
+from scalinglab.errors import UserError
+from scalinglab.scaling.bootstrap import DEFAULT_RESAMPLES
+
+CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta", "a", "b")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="fit a scaling law to runs or a CSV table",
+        description="Fit a scaling law (Kaplan or Chinchilla) to a runs directory or a CSV with columns "
+        "params,tokens,loss[,flops] (flops default 6*params*tokens).",
+    )
+    p.add_argument("source", metavar="SOURCE", help="CSV file, run directory, or directory of runs (searched recursively)")
+    p.add_argument("--law", required=True,
+                   choices=["chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope"],
+                   help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1")
+    p.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_RESAMPLES, default=0, metavar="K",
+                   help=f"bootstrap resamples for confidence intervals (flag alone: {DEFAULT_RESAMPLES})")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--holdout", type=int, default=0, metavar="K",
+                   help="also refit without the K largest-compute runs (budgets for isoflop/envelope) and "
+                   "report the prediction error on them")
+    p.add_argument("--flops", type=float, action="append", default=None, metavar="C",
+                   help="FLOP budget(s) for a compute-optimal allocation (chinchilla, isoflop, envelope)")
+    p.add_argument("--starts", choices=["small", "hoffmann"], default="small",
+                   help="approach-3 start grid: small (162 starts, default) or hoffmann (the paper's 4,500)")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="use runs without summary.json (flagged) instead of skipping them")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write figures (PNG) into DIR")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from scalinglab.scaling.allocation import allocate
+    from scalinglab.scaling.holdout import holdout
+    from scalinglab.scaling.laws import fit_law
+    from scalinglab.scaling.load import load_source
+    from scalinglab.scaling.powerlaw import strip_samples
+
+    if args.bootstrap < 0:
+        raise UserError("--bootstrap must be >= 0")
+    if args.holdout < 0:
+        raise UserError("--holdout must be >= 0")
+    if not 0.0 < args.level < 1.0:
+        raise UserError("--level must be between 0 and 1")
+    if args.flops and args.law not in ("chinchilla", "isoflop", "envelope"):
+        raise UserError("--flops needs --law chinchilla, isoflop or envelope")
+    table = load_source(args.source, include_incomplete=args.include_incomplete)
+    from scalinglab.scaling import chinchilla
+
+    starts = chinchilla.hoffmann_grid() if args.starts == "hoffmann" else chinchilla.small_grid()
+    fit_kw = {"starts": starts} if args.law == "chinchilla" else {}
+    result = fit_law(table, args.law, n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, **fit_kw)
+    allocation = [allocate(result, c) for c in (args.flops or [])]
+    held = holdout(table, args.law, args.holdout, **fit_kw) if args.holdout else None
+    plots = None
+    if args.plot:
+        from scalinglab.scaling.plots import write_plots
+
+        plots = write_plots(table, args.law, result, args.plot)
+
+    out = strip_samples(result)
+    out["source"] = str(args.source)
+    out["n_runs"] = len(table)
+    if allocation:
+        out["allocation"] = allocation
+    if held is not None:
+        out["holdout"] = held
+    if plots is not None:
+        out["plots"] = [f"{args.plot.rstrip('/')}/{name}" for name in plots]
+    if args.json:
+        emit_json(_jsonable(out))
+    else:
+        sys.stdout.write(format_text(out))
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.4e}"
+
+
+def format_text(out: dict) -> str:
+    """Human-readable summary of a fit (the non ``--json`` output)."""
+    lines = [f"law: {out['law']}   {out['formula']}",
+             f"source: {out['source']} ({out['n_runs']} runs, {out['n_points']} points used)"]
+    ci = out.get("ci", {})
+    if ci:
+        lines.append(f"{out['ci_level']:.0%} bootstrap intervals from {out['n_bootstrap']} resamples")
+    for name in out["param_names"]:
+        v = out["params"][name]
+        s = f"  {name:>8} = {_fmt(v)}"
+        if name in ci and all(np.isfinite(ci[name])):
+            s += f"   [{_fmt(ci[name][0])}, {_fmt(ci[name][1])}]"
+        lines.append(s)
+    lines.append(f"objective: {out['objective']:.6g} ({out['objective_kind']})")
+    res = out.get("residuals", {})
+    if "rms" in res:
+        lines.append(f"residuals: rms {res['rms']:.4g}, max |r| {res['max_abs']:.4g}")
+    if out["law"] == "chinchilla":
+        t = out["tokens_per_param"]
+        lines.append(f"compute-optimal: N_opt ∝ C^{out['a']:.4f}, D_opt ∝ C^{out['b']:.4f}, "
+                     f"tokens/param = {t['coef']:.4g} · C^{t['exponent']:.4f}")
+    if out.get("n_budgets"):
+        lines.append(f"budgets used: {out['n_budgets']}")
+    for a in out.get("allocation", []):
+        s = f"at C = {a['flops']:.4g} FLOPs: N_opt = {a['N_opt']:.4g} params, D_opt = {a['D_opt']:.4g} tokens"
+        if "loss" in a:
+            s += f", loss = {a['loss']:.4f}"
+        lines.append(s)
+        for k, (lo, hi) in a.get("ci", {}).items():
+            lines.append(f"    {k}: [{lo:.4g}, {hi:.4g}]")
+    h = out.get("holdout")
+    if h:
+        lines.append(f"hold-out of the {h['k']} largest {h['unit']}: mean |error| {h['mean_abs_error']:.4g}, "
+                     f"max |error| {h['max_abs_error']:.4g} ({h['error_kind']})")
+    if out.get("plots"):
+        lines.append("plots: " + ", ".join(out["plots"]))
+    return "\n".join(lines) + "\n"
