@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 import shutil
 import tempfile
 from functools import cached_property
@@ -153,7 +152,7 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
         builder_fields = {k: v for k, v in cfg.items() if k not in _TOKENIZER_KEYS}
         tfds_cfg = cfg_cls(name="prepared", version="1.0.0", **builder_fields)
         builder = builder_cls(data_dir=str(tmp / "tfds"), config=tfds_cfg, file_format="array_record")
-        with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress on stdout
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # TFDS chatter
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False)
             )
