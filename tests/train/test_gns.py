@@ -57,12 +57,29 @@ def test_ema_bias_correction():
     assert int(st2.count) == 3 and float(st2.g2_ema) == float(st.g2_ema)
 
 
-@pytest.mark.parametrize("mode", ["accum", "groups"])
+def _data_parallel_step(opt):
+    """Small batch = each data shard's gradient on a (data=4, fsdp=2) mesh of the forced CPU devices."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from scalinglab.models.sharding import make_mesh
+
+    mesh = make_mesh(data=4, fsdp=2)
+    step = step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, gns_groups=4,
+                                    group_sharding=NamedSharding(mesh, P("data", "fsdp")))
+    rep = NamedSharding(mesh, P())
+    batch_sh = {"x": NamedSharding(mesh, P(("data", "fsdp"), None)), "y": NamedSharding(mesh, P(("data", "fsdp")))}
+    return jax.jit(step, in_shardings=(rep, batch_sh), out_shardings=(rep, rep))
+
+
+@pytest.mark.parametrize("mode", ["accum", "groups", "data_shards"])
 def test_in_loop_b_simple_matches_closed_form(mode):
     w_star, params, truth = problem()
     opt = optax.sgd(0.0)  # parameters stay fixed: G and Σ are constant
-    kwargs = dict(grad_accum=4) if mode == "accum" else dict(gns_groups=4)
-    step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, **kwargs))
+    if mode == "data_shards":
+        step = _data_parallel_step(opt)
+    else:
+        kwargs = dict(grad_accum=4) if mode == "accum" else dict(gns_groups=4)
+        step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, **kwargs))
     state = step_lib.init_state(params, opt)
     key = jax.random.key(1)
     for i in range(600):
