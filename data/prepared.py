@@ -120,16 +120,25 @@ def _validate_builder_config(builder: str, cfg: dict[str, Any]) -> None:
 
 
 def _quiet_tfds():
+    """Import TFDS with its progress bars off."""
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
     return tfds
+
+
+@contextlib.contextmanager
+def _tfds_build_output_silenced():
+    """Silence TFDS's build chatter (stdout prints, absl warnings) for the duration only."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None):
@@ -151,8 +160,8 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
     try:
         builder_fields = {k: v for k, v in cfg.items() if k not in _TOKENIZER_KEYS}
         tfds_cfg = cfg_cls(name="prepared", version="1.0.0", **builder_fields)
-        builder = builder_cls(data_dir=str(tmp / "tfds"), config=tfds_cfg, file_format="array_record")
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # TFDS chatter
+        with _tfds_build_output_silenced():
+            builder = builder_cls(data_dir=str(tmp / "tfds"), config=tfds_cfg, file_format="array_record")
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False)
             )

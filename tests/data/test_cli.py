@@ -1,8 +1,6 @@
 """``scalinglab data prepare|stats``: output contract and error paths (exit 2, one line)."""
 
 import json
-import subprocess
-import sys
 
 from scalinglab.cli import main
 
@@ -33,20 +31,12 @@ def test_prepare_and_stats_json(tmp_path, capsys):
     assert rc == 0 and "entropy_rate" in out and "123 tokens" in out
 
 
-def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "scalinglab.cli", *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
-def test_stats_missing_dataset_names_the_command(tmp_path):
-    import os
-
-    env = dict(os.environ, SCALINGLAB_DATA_DIR=str(tmp_path))
-    p = run_cli("data", "stats", "--dataset", "local_text", env=env)
-    assert p.returncode == 2
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr
+def test_stats_missing_dataset_names_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCALINGLAB_DATA_DIR", str(tmp_path))
+    assert main(["data", "stats", "--dataset", "local_text"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
     assert "scalinglab data prepare --dataset local_text" in lines[0]
     assert str(tmp_path) in lines[0]  # the data dir came from the environment variable
 

@@ -80,7 +80,7 @@ def test_stream_is_documents_in_order_without_loss(text_ds):
     np.testing.assert_array_equal(got, expected[: len(got)])
 
 
-@pytest.mark.parametrize("k", [7, 190])  # mid-epoch; after the first epoch boundary
+@pytest.mark.parametrize("k", [0, 7, 190])  # fresh; mid-epoch; after the first epoch boundary
 def test_resume_after_k_batches(text_ds, k):
     a = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=2, seed=0)
     for _ in range(k):
