@@ -11,7 +11,7 @@ def test_entropy_rate_matches_monte_carlo(vocab, order, branching, alpha):
     src = markov.make_source(vocab, order, branching, alpha, seed=3)
     pi = markov.stationary_distribution(src)
     e = markov.entropy_rate(src, pi)
-    x = markov.sample(src, 200, 1500, np.random.default_rng(11), pi)
+    x = markov.sample(src, 500, 2500, np.random.default_rng(11), pi)  # 1.25 M tokens
     # Mean -log p along the samples, looked up in a dense table (not the sampler's tables).
     mc = -np.mean([markov.log_probs(src, row) for row in x])
     assert abs(mc - e) / e < 0.01
