@@ -96,8 +96,13 @@ class RunTable:
         return out
 
 
-def load_source(path: str | os.PathLike, *, include_incomplete: bool = False) -> RunTable:
-    """Load a CSV file, a run directory, or a directory of run directories (recursive)."""
+def load_source(path: str | os.PathLike, *, include_incomplete: bool = False,
+                exclude_sweeps: bool = False) -> RunTable:
+    """Load a CSV file, a run directory, or a directory of run directories (recursive).
+
+    ``exclude_sweeps``: skip run directories inside a batch sweep (a folder with ``sweep.json``):
+    a ladder's report fits its size ladder, and analyses the sweep separately.
+    """
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: no such file or directory")
@@ -105,7 +110,14 @@ def load_source(path: str | os.PathLike, *, include_incomplete: bool = False) ->
         return load_csv(p)
     if _is_run_dir(p):
         return _table_from_runs([p], str(p), include_incomplete)
-    run_dirs = sorted(d for d, _, files in os.walk(p) if "config.json" in files and "metrics.jsonl" in files)
+    run_dirs = []
+    for d, subdirs, files in os.walk(p):
+        if exclude_sweeps and "sweep.json" in files:
+            subdirs[:] = []  # do not descend into the sweep's runs
+            continue
+        if "config.json" in files and "metrics.jsonl" in files:
+            run_dirs.append(d)
+    run_dirs.sort()
     if not run_dirs:
         raise UserError(f"{path}: no run directories (config.json + metrics.jsonl) found")
     return _table_from_runs([Path(d) for d in run_dirs], str(p), include_incomplete)
