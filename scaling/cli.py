@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -44,11 +45,7 @@ def register(subparsers) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from scalinglab.scaling.allocation import allocate
-    from scalinglab.scaling.holdout import holdout
-    from scalinglab.scaling.laws import fit_law
     from scalinglab.scaling.load import load_source
-    from scalinglab.scaling.powerlaw import strip_samples
 
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be >= 0")
@@ -58,8 +55,16 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError("--level must be between 0 and 1")
     if args.flops and args.law not in ("chinchilla", "isoflop", "envelope"):
         raise UserError("--flops needs --law chinchilla, isoflop or envelope")
+    if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
+        raise UserError(f"--plot {args.plot}: exists and is not a directory")
     table = load_source(args.source, include_incomplete=args.include_incomplete)
+
+    # heavier imports (jax) only once the input is known to be good
     from scalinglab.scaling import chinchilla
+    from scalinglab.scaling.allocation import allocate
+    from scalinglab.scaling.holdout import holdout
+    from scalinglab.scaling.laws import fit_law
+    from scalinglab.scaling.powerlaw import strip_samples
 
     starts = chinchilla.hoffmann_grid() if args.starts == "hoffmann" else chinchilla.small_grid()
     fit_kw = {"starts": starts} if args.law == "chinchilla" else {}
