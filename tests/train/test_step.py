@@ -91,6 +91,7 @@ def test_nan_batch_is_skipped_and_counted():
     assert np.abs(_flat(state["params"]) - before).max() > 0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_master_weights():
     cfg = get_config("gpt2-tiny", {"n_layer": 1})
     batch = _tokens(8, 32, seed=5)
