@@ -118,11 +118,14 @@ def fit_approach3(
     *,
     starts: np.ndarray | None = None,
     n_bootstrap: int = 0,
-    bootstrap_starts: int = 4,
+    bootstrap_starts: int = 2,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
-    wide_iter: int = 100,
-    bootstrap_iter: int = 100,
+    wide_iter: int = 50,
+    wide_dtype: str = "float32",
+    n_polish: int = 16,
+    bootstrap_iter: int = 40,
+    bootstrap_dtype: str = "float64",
 ) -> dict:
     """Fit ``L = E + A/N^alpha + B/D^beta`` to points (N parameters, D tokens, L nats/token).
 
@@ -145,12 +148,13 @@ def fit_approach3(
     data = {"log_n": np.log(n), "log_d": np.log(d), "log_l": np.log(l)}
     ones_N = np.ones(n.size)
 
-    # 1) every start, bounded iterations; 2) polish the best distinct optima in float64.
+    # 1) every start, a bounded number of iterations (float32 by default: it only has to reach
+    #    the right basins); 2) polish the n_polish best distinct end points in float64.
     wide = multistart.minimize_batch(
         _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
-        dtype="float64", max_iter=wide_iter, gtol=1e-8, ftol=0.0,
+        dtype=wide_dtype, max_iter=wide_iter, gtol=1e-8, ftol=0.0,
     )
-    cand = multistart.best_distinct(wide, max(bootstrap_starts, 4))
+    cand = multistart.best_distinct(wide, max(bootstrap_starts, n_polish))
     if cand.size == 0:
         raise UserError("approach-3 fit diverged from every start (check the table's units)")
     fine = multistart.polish(_loss, wide.params_MP[cand], ones_N, data)
@@ -174,7 +178,7 @@ def fit_approach3(
         "n_points": int(n.size),
         "n_starts": int(len(starts_SP)),
         "optimizer": {
-            "wide_pass": {"dtype": "float64", "max_iter": wide_iter,
+            "wide_pass": {"dtype": wide_dtype, "max_iter": wide_iter,
                           "n_hit_max_iter": int(np.sum(wide.n_iter_M >= wide_iter))},
             "polish": {"dtype": "float64", "n_candidates": int(cand.size),
                        "grad_norm": float(fine.grad_norm_M[order[0]]),
@@ -185,13 +189,14 @@ def fit_approach3(
     }
     if n_bootstrap > 0:
         x0_SP = fine.params_MP[order[: max(1, bootstrap_starts)]]
-        samples = bootstrap_approach3(x0_SP, data, n_bootstrap=n_bootstrap, seed=seed, max_iter=bootstrap_iter)
+        samples = bootstrap_approach3(x0_SP, data, n_bootstrap=n_bootstrap, seed=seed, max_iter=bootstrap_iter,
+                                      dtype=bootstrap_dtype)
         result.update(bootstrap_fields(samples, level))
     return result
 
 
 def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed: int = 0,
-                        max_iter: int = 100) -> dict[str, np.ndarray]:
+                        max_iter: int = 40, dtype: str = "float64") -> dict[str, np.ndarray]:
     """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one vmapped batch);
     returns ``{param: float[K]}`` for E, A, B, alpha, beta, a, b, G (best start per resample)."""
     n = data["log_n"].size
@@ -199,7 +204,7 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     s = len(x0_SP)
     x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
     weights_MN = np.repeat(counts_KN, s, axis=0)
-    res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype="float64",
+    res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype=dtype,
                                     max_iter=max_iter, gtol=1e-8, ftol=0.0)
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
     best_K = np.argmin(value_KS, axis=1)
