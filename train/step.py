@@ -10,9 +10,10 @@ is a pytree whose leaves have a leading example axis (for a language model,
 Gradient noise scale, small vs big batch (see :mod:`scalinglab.train.gns`):
 
 * ``grad_accum ≥ 2``: each microbatch gradient is a small batch (``B/grad_accum`` examples);
-* else ``gns_groups = G ≥ 2``: the batch is split into G groups whose gradients are taken
-  with ``vmap`` (the per-data-shard gradients under data parallelism, group axis sharded
-  over ``data``, or two halves on one device); their mean is the full gradient;
+* else ``gns_groups = G ≥ 2``: the batch is split into G groups, with ``group_sharding`` the
+  per-data-shard gradients under data parallelism (a ``vmap`` whose group axis is sharded
+  over ``data``: each device differentiates its own shard, the mean is the all-reduce),
+  without it G microbatches taken in sequence (e.g. two halves on one device);
 * the big batch is always the full gradient of all ``B`` examples.
 """
 
@@ -99,8 +100,14 @@ def make_train_step(
 
     def gradients(params, batch):
         n_examples = jax.tree.leaves(batch)[0].shape[0]
-        if grad_accum > 1:
-            micro = _strided_split(batch, grad_accum)
+        # Without a group sharding the small batches are taken one after the other (a scan over
+        # microbatches, like accumulation): the same FLOPs as one big gradient plus one squared norm
+        # per microbatch. (A vmap over groups would hold G gradient copies and batch every weight
+        # gradient matmul, measurably slower on CPU.)
+        sequential_groups = gns and gns_groups > 1 and group_sharding is None
+        n_micro = grad_accum if grad_accum > 1 else (gns_groups if sequential_groups else 1)
+        if n_micro > 1:
+            micro = _strided_split(batch, n_micro)
 
             def body(carry, mb):
                 g_sum, loss_sum, sq_sum = carry
@@ -110,13 +117,10 @@ def make_train_step(
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             (g_sum, loss_sum, sq_sum), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), micro)
-            grads = jax.tree.map(lambda g: g / grad_accum, g_sum)
-            return loss_sum / grad_accum, grads, sq_sum / grad_accum, n_examples / grad_accum
-        if gns and gns_groups > 1:
-            if group_sharding is not None:
-                groups = _contiguous_split(batch, gns_groups, group_sharding)
-            else:
-                groups = _strided_split(batch, gns_groups)
+            grads = jax.tree.map(lambda g: g / n_micro, g_sum)
+            return loss_sum / n_micro, grads, sq_sum / n_micro, n_examples / n_micro
+        if gns and gns_groups > 1:  # one group per data shard: each device takes its own gradient
+            groups = _contiguous_split(batch, gns_groups, group_sharding)
             losses, group_grads = jax.vmap(grad_fn, in_axes=(None, 0))(params, groups)
             sq_small = jnp.mean(jax.vmap(global_sq_norm)(group_grads))
             grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), group_grads)
