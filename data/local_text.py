@@ -1,7 +1,11 @@
 """TFDS builder ``local_text``: documents read from local text files (no download).
 
-One document per file; feature ``text`` (UTF-8 bytes; undecodable bytes are replaced by
-U+FFFD) and ``path`` (relative to ``root``). Files are listed with ``root.glob(pattern)``,
+Documents are files cut at line boundaries into chunks of at most ``chunk_bytes`` UTF-8 bytes
+(a longer single line is a chunk of its own; ``chunk_bytes=0`` keeps whole files), so the
+document shuffle mixes files: without it one 700 KB file (``pydoc_data/topics.py``) would fill
+hundreds of consecutive training batches. Features ``text`` (UTF-8; undecodable bytes are
+replaced by U+FFFD) and ``path`` (the file's path relative to ``root``; all chunks of a file
+share it and its split). Files are listed with ``root.glob(pattern)``,
 sorted, filtered (``exclude``: directory names skipped anywhere in the relative path),
 and taken in sorted order until ``max_bytes`` bytes of text are collected. The split is
 deterministic: a file goes to ``validation`` when the first 8 bytes of SHA-1(relative
@@ -41,6 +45,30 @@ class LocalTextConfig(tfds.core.BuilderConfig):
     exclude: str = DEFAULT_EXCLUDE
     max_bytes: int = 16_000_000
     validation_fraction: float = 0.02
+    chunk_bytes: int = 4096
+
+
+def split_chunks(text: str, chunk_bytes: int) -> list[str]:
+    """``text`` cut at line ends into consecutive chunks of ≤ ``chunk_bytes`` UTF-8 bytes.
+
+    ``"".join(chunks) == text``; a single line longer than ``chunk_bytes`` is one chunk;
+    ``chunk_bytes <= 0`` returns ``[text]``.
+    """
+    if chunk_bytes <= 0:
+        return [text]
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if current and size + n > chunk_bytes:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += n
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 def validation_split_of(rel_path: str, fraction: float) -> bool:
@@ -103,4 +131,5 @@ class LocalText(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_regis
     def _generate_examples(self, files):
         for rel, path in files:
             text = path.read_bytes().decode("utf-8", errors="replace")
-            yield rel, {"text": text, "path": rel}
+            for k, chunk in enumerate(split_chunks(text, self.builder_config.chunk_bytes)):
+                yield f"{rel}#{k}", {"text": chunk, "path": rel}

@@ -14,7 +14,10 @@ Train stream (:func:`make_train_iterator`), one JAX process's view:
 6. ``ConcatThenSplitIterDataset`` — concatenates the documents into one stream and cuts
    it into consecutive, non-overlapping windows of ``seq_len + 1`` tokens (a document
    runs across windows; no padding, no token dropped);
-7. ``.batch(global_batch_size // process_count)``.
+7. ``WindowShuffleIterDataset`` — windows are shuffled within blocks of ``shuffle_window``
+   consecutive windows (default 256), so one batch mixes windows from many documents
+   instead of ``batch`` consecutive slices of one (``shuffle_window=1`` turns it off);
+8. ``.batch(global_batch_size // process_count)``.
 
 Targets: for a window ``w`` (``seq_len + 1`` tokens) the model gets ``w[:-1]`` as input
 and ``w[1:]`` as targets, so each window trains on ``seq_len`` target tokens; the first
@@ -34,13 +37,15 @@ from typing import Any, Iterator
 
 import grain
 import numpy as np
-from grain.experimental import ConcatThenSplitIterDataset
+from grain.experimental import ConcatThenSplitIterDataset, WindowShuffleIterDataset
 
 from scalinglab.data.prepared import PreparedDataset, load_dataset, prepare_dataset  # noqa: F401
 from scalinglab.errors import UserError
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 FEATURE = "tokens"
+# Packed windows shuffled together (a block of 256 windows of 65 tokens spans ~16 KB of text).
+DEFAULT_SHUFFLE_WINDOW = 256
 
 
 def tokens_per_batch(global_batch_size: int, seq_len: int) -> int:
@@ -94,11 +99,15 @@ def _to_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _from_json_cts(state: dict[str, Any]) -> dict[str, Any]:
-    """Undo JSON's tuple → list in grain's ConcatThenSplit state (it compares slices to tuples)."""
-    state = dict(state)
-    state["remainder_slices"] = {k: tuple(v) for k, v in state["remainder_slices"].items()}
-    return state
+def _from_json_cts(state: Any) -> Any:
+    """Undo JSON's tuple → list in grain's ConcatThenSplit state (it compares slices to tuples),
+    wherever it sits in the nested iterator state."""
+    if not isinstance(state, dict):
+        return state
+    out = {k: _from_json_cts(v) for k, v in state.items()}
+    if isinstance(state.get("remainder_slices"), dict):
+        out["remainder_slices"] = {k: tuple(v) for k, v in state["remainder_slices"].items()}
+    return out
 
 
 class TrainIterator(Iterator[np.ndarray]):
@@ -118,8 +127,11 @@ class TrainIterator(Iterator[np.ndarray]):
         process_index: int = 0,
         process_count: int = 1,
         num_threads: int = 2,
+        shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
     ):
         _check_shape(seq_len, global_batch_size)
+        if int(shuffle_window) < 1:
+            raise UserError(f"shuffle_window must be >= 1, got {shuffle_window}")
         if process_count < 1 or not 0 <= process_index < process_count:
             raise UserError(f"bad process_index {process_index} for process_count {process_count}")
         if global_batch_size % process_count:
@@ -138,11 +150,14 @@ class TrainIterator(Iterator[np.ndarray]):
             "seed": int(seed),
             "process_index": int(process_index),
             "process_count": int(process_count),
+            "shuffle_window": int(shuffle_window),
         }
         source = _documents(ds, "train")
         docs = document_order(ds, seed=seed, process_index=process_index, process_count=process_count)
         docs = docs.map(lambda i: {FEATURE: ds.document_tokens(source[int(i)])})
         packed = pack(docs.to_iter_dataset(_read_options(num_threads)), self.seq_len)
+        if shuffle_window > 1:
+            packed = WindowShuffleIterDataset(packed, window_size=int(shuffle_window), seed=shuffle_seed(seed))
         batches = packed.map(lambda e: e[FEATURE]).batch(self.local_batch_size, drop_remainder=True)
         self._it = iter(batches)
 
@@ -180,6 +195,7 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_threads: int = 2,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> TrainIterator:
     """Endless, reshuffled-per-epoch, per-process train batches (see module docstring)."""
     return TrainIterator(
@@ -190,6 +206,7 @@ def make_train_iterator(
         process_index=process_index,
         process_count=process_count,
         num_threads=num_threads,
+        shuffle_window=shuffle_window,
     )
 
 

@@ -35,7 +35,7 @@ from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
 
 MANIFEST = "prepared.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: local_text documents are line-aligned chunks of files
 SPLITS = ("train", "validation")
 BUILDERS = ("local_text", "synthetic_markov")
 # Named variants (``BUILDER/VARIANT``) with preset configs; any other variant name starts

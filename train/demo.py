@@ -23,7 +23,7 @@ from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_
 # The CPU demo ladder: budgets in training FLOPs per run, sizes in non-embedding parameters.
 DEMO_SPEC = LadderSpec(
     plan="isoflop",
-    budgets=(3e10, 1e11, 3e11),
+    budgets=(5e10, 1.6e11, 5e11),
     family="gpt2",
     sizes_per_budget=5,
     size_span=32.0,
@@ -31,12 +31,12 @@ DEMO_SPEC = LadderSpec(
     aspect_ratio=32.0,
     head_dim=16,
     seq_len=64,
-    batch_size=16,
+    batch_size=8,  # 512 tokens/step: the largest model of the smallest budget still gets > 100 steps
     lr=3e-3,
 )
 # The demo's batch-size sweep: a small model on a fixed token budget.
 DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(4, 8, 16, 32, 64), tokens=1_048_576, lr=2e-3, base_batch=16)
-DEMO_TRAIN = dict(eval_every=50, eval_batches=4, log_every=5, checkpoint_every=0)
+DEMO_TRAIN = dict(eval_every=50, eval_batches=16, log_every=5, checkpoint_every=0)
 
 
 def ensure_prepared(dataset: str, data_dir: str | None, log) -> object:

@@ -48,7 +48,9 @@ NO_TF_SCRIPT = textwrap.dedent(
     out["stdlib_prepare_s"] = time.time() - t0
     out["stdlib"] = ds.stats()
     files = pipeline.load_dataset("local_text", data_dir).data_source("validation")
-    out["stdlib_val_paths"] = sorted(files[i]["path"].decode() for i in range(len(files)))
+    out["stdlib_val_paths"] = sorted({files[i]["path"].decode() for i in range(len(files))})
+    train = pipeline.load_dataset("local_text", data_dir).data_source("train")
+    out["stdlib_max_chunk"] = max(len(train[i]["text"]) for i in range(0, len(train), 50))
     ds = pipeline.prepare_dataset("synthetic_markov/notf", data_dir, {"train_docs": 4, "validation_docs": 2, "doc_length": 64})
     out["markov"] = ds.stats()
     it = pipeline.make_train_iterator(ds, seq_len=16, global_batch_size=2, seed=0)
@@ -88,8 +90,12 @@ def test_builders_without_tensorflow(tmp_path):
             break
         size += p.stat().st_size
         kept.append(p.relative_to(root).as_posix())
+    # documents are line-aligned chunks of <= 4096 bytes (one long line may exceed it): the
+    # chunk count is at least the number of files and at least total bytes / 4096
     n_docs = st["splits"]["train"]["documents"] + st["splits"]["validation"]["documents"]
-    assert n_docs == len(kept)
+    assert n_docs >= max(len(kept), size / 4096)
+    assert st["splits"]["train"]["tokens"] + st["splits"]["validation"]["tokens"] == pytest.approx(size + n_docs, rel=1e-3)
+    assert out["stdlib_max_chunk"] <= 4096
     val = [r for r in kept if int.from_bytes(hashlib.sha1(r.encode()).digest()[:8], "big") < 0.02 * 2**64]
     assert out["stdlib_val_paths"] == sorted(val)
     assert 0 < len(val) < 0.05 * len(kept)
@@ -130,3 +136,21 @@ def test_prepare_is_deterministic_and_replaces_atomically(tmp_path):
     assert sorted(p.name for p in (tmp_path / "synthetic_markov").iterdir()) == ["x"]
     assert not (tmp_path / "local_text").exists() or not any((tmp_path / "local_text").iterdir())
     assert pipeline.load_dataset("synthetic_markov/x", tmp_path).n_documents() == 3
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 7, 64, 4096])
+def test_split_chunks_line_aligned_and_lossless(chunk):
+    from scalinglab.data.local_text import split_chunks
+
+    rng = np.random.default_rng(chunk)
+    lines = ["".join(rng.choice(list("ab é€"), size=int(rng.integers(0, 90)))) + "\n" for _ in range(300)]
+    text = "".join(lines) + "tail without newline"
+    chunks = split_chunks(text, chunk)
+    assert "".join(chunks) == text
+    if chunk <= 0:
+        assert chunks == [text]
+        return
+    for c in chunks:
+        # each chunk ends at a line end (but the last) and fits, unless it is one long line
+        assert c.endswith("\n") or c is chunks[-1]
+        assert len(c.encode()) <= chunk or c.count("\n") <= 1

@@ -43,9 +43,10 @@ def test_document_tokens_are_utf8_plus_separator(text_ds, corpus):
 
 
 def test_same_seed_identical_different_seed_different(text_ds):
-    a = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=4, seed=0)
-    b = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=4, seed=0)
-    c = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=4, seed=1)
+    kw = dict(seq_len=SEQ, global_batch_size=4, shuffle_window=1)  # document order visible in the stream
+    a = pipeline.make_train_iterator(text_ds, seed=0, **kw)
+    b = pipeline.make_train_iterator(text_ds, seed=0, **kw)
+    c = pipeline.make_train_iterator(text_ds, seed=1, **kw)
     sa, sb, sc = stream(a, 60), stream(b, 60), stream(c, 60)
     assert sa.dtype == np.int32
     np.testing.assert_array_equal(sa, sb)
@@ -55,7 +56,7 @@ def test_same_seed_identical_different_seed_different(text_ds):
 
 def test_batches_shape_and_epochs_reshuffled(text_ds):
     n = text_ds.n_documents("train")
-    it = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=4, seed=3)
+    it = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=4, seed=3, shuffle_window=1)
     b = next(it)
     assert b.shape == (4, SEQ + 1) and b.dtype == np.int32
     toks = np.concatenate([b.reshape(-1), stream(it, 2 * text_ds.n_tokens("train") // (4 * (SEQ + 1)) + 2)])
@@ -69,7 +70,7 @@ def test_batches_shape_and_epochs_reshuffled(text_ds):
 
 def test_stream_is_documents_in_order_without_loss(text_ds):
     """Flattened batches == concatenation of (doc + separator) in the shuffled order."""
-    it = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=2, seed=7)
+    it = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=2, seed=7, shuffle_window=1)
     src = text_ds.data_source("train")
     order = pipeline.document_order(text_ds, seed=7)
     n = text_ds.n_documents("train")
@@ -78,6 +79,20 @@ def test_stream_is_documents_in_order_without_loss(text_ds):
     )
     got = stream(it, len(expected) // (2 * (SEQ + 1)))
     np.testing.assert_array_equal(got, expected[: len(got)])
+
+
+def test_window_shuffle_permutes_windows_within_blocks(text_ds):
+    """With shuffle_window W, each block of W windows is a permutation of the unshuffled block."""
+    w, n_blocks = 8, 6
+    plain = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=2, seed=4, shuffle_window=1)
+    mixed = pipeline.make_train_iterator(text_ds, seq_len=SEQ, global_batch_size=2, seed=4, shuffle_window=w)
+    rows_plain = np.concatenate([next(plain) for _ in range(n_blocks * w // 2)])
+    rows_mixed = np.concatenate([next(mixed) for _ in range(n_blocks * w // 2)])
+    assert not np.array_equal(rows_plain, rows_mixed)
+    for k in range(n_blocks):
+        block = slice(k * w, (k + 1) * w)
+        key = lambda rows: sorted(map(bytes, rows.astype(np.int32)))  # noqa: E731
+        assert key(rows_plain[block]) == key(rows_mixed[block])
 
 
 @pytest.mark.parametrize("k", [0, 7, 190])  # fresh; mid-epoch; after the first epoch boundary
@@ -111,7 +126,8 @@ def test_process_shards_disjoint_and_cover_epoch(text_ds, n_proc):
     seen = []
     for p in range(n_proc):
         it = pipeline.make_train_iterator(
-            text_ds, seq_len=SEQ, global_batch_size=8, seed=2, process_index=p, process_count=n_proc
+            text_ds, seq_len=SEQ, global_batch_size=8, seed=2, process_index=p, process_count=n_proc,
+            shuffle_window=1,
         )
         want = len(range(p, n, n_proc))  # this process's share of the first global epoch
         toks = np.zeros(0, np.int32)
