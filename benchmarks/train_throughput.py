@@ -136,6 +136,16 @@ def run(quick: bool = False) -> dict[str, Any]:
         "models": models,
         "gns_overhead_max": max(r["gns_overhead"] for r in models.values()),
     }
+    headline = []
+    for name, r in models.items():
+        if "ours_over_torch" in r:
+            headline.append({"metric": f"train tokens/s {name} (f32, CPU) vs nanoGPT-style PyTorch",
+                             "ours": r["tokens_per_s"], "reference": r["torch_tokens_per_s"],
+                             "ratio": r["ours_over_torch"], "goal": ">= 1"})
+        headline.append({"metric": f"MFU {name} ({dtype_name})", "ours": r["mfu"]})
+    headline.append({"metric": "GNS statistics overhead (max over sizes, fraction of step time)",
+                     "ours": result["gns_overhead_max"], "goal": "<= 0.03"})
+    result["headline"] = headline
     if have_torch:
         import torch
 
