@@ -6,7 +6,7 @@ UV     := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # Default test run: everything except tests marked slow (see pyproject.toml).
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv demo demo-synthetic test test-all bench clean
+.PHONY: venv demo demo-synthetic test test-all bench readme clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ test-all: venv
 bench: venv
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet --python $(BIN)/python "torch==2.13.0"
 	$(BIN)/scalinglab bench
+
+# README.md is assembled from docs/readme/*.md (each part owns its section).
+README_PARTS := intro models data train scaling critical_batch ladder
+readme:
+	cat $(foreach p,$(README_PARTS),docs/readme/$(p).md) > README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

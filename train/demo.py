@@ -26,16 +26,19 @@ DEMO_SPEC = LadderSpec(
     budgets=(5e10, 1.6e11, 5e11),
     family="gpt2",
     sizes_per_budget=5,
-    size_span=32.0,
-    tokens_per_param=20.0,
+    size_span=48.0,  # after rounding to real configs every budget still spans >= 30x in N
+    # Byte-level micro models: the vocabulary projection dominates their FLOPs, and their
+    # measured optimum sits near 100-300 tokens/parameter, not Chinchilla's 20.
+    tokens_per_param=150.0,
     aspect_ratio=32.0,
-    head_dim=16,
+    head_dim=8,
     seq_len=64,
     batch_size=8,  # 512 tokens/step: the largest model of the smallest budget still gets > 100 steps
     lr=3e-3,
 )
 # The demo's batch-size sweep: a small model on a fixed token budget.
-DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(4, 8, 16, 32, 64), tokens=1_048_576, lr=2e-3, base_batch=16)
+# Batch sizes 2..64 sequences around its B_crit (a few to ~10 sequences at these losses), 2M tokens each.
+DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(2, 4, 8, 16, 32, 64), tokens=2_097_152, lr=2e-3, base_batch=16)
 DEMO_TRAIN = dict(eval_every=50, eval_batches=16, log_every=5, checkpoint_every=0)
 
 

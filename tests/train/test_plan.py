@@ -83,3 +83,19 @@ def test_cli_dry_run_json_and_errors(tmp_path):
     assert len(plan) == 10 and all(abs(r["flops"] / r["budget"] - 1) < 0.01 for r in plan)
     bad = subprocess.run(cmd[:-6] + ["--budgets", "abc"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("vocab", [257, 33])  # the byte corpus and the default synthetic source
+def test_demo_ladder_meets_its_promise(vocab):
+    """make demo: >= 3 budgets spanning >= 10x in compute, >= 5 sizes each spanning >= 30x in N."""
+    import dataclasses
+
+    from scalinglab.train.demo import DEMO_SPEC
+
+    runs = plan_ladder(dataclasses.replace(DEMO_SPEC, vocab_size=vocab))
+    budgets = sorted({r.budget for r in runs})
+    assert len(budgets) >= 3 and budgets[-1] / budgets[0] >= 10
+    for b in budgets:
+        n = [r.non_embedding for r in runs if r.budget == b]
+        assert len(n) >= 5 and max(n) / min(n) >= 30, (b, n)
+        assert all(abs(r.flops / b - 1) < 0.01 for r in runs if r.budget == b)
