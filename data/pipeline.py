@@ -220,28 +220,11 @@ class TrainIterator(Iterator[np.ndarray]):
         self._it.close()
 
 
-def make_train_iterator(
-    ds: PreparedDataset,
-    *,
-    seq_len: int,
-    global_batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    num_threads: int = 2,
-    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
-) -> TrainIterator:
-    """Endless, reshuffled-per-epoch, per-process train batches (see module docstring)."""
-    return TrainIterator(
-        ds,
-        seq_len=seq_len,
-        global_batch_size=global_batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=num_threads,
-        shuffle_window=shuffle_window,
-    )
+def make_train_iterator(ds: PreparedDataset, **kwargs: Any) -> TrainIterator:
+    """Endless, reshuffled-per-epoch, per-process train batches: ``TrainIterator(ds, **kwargs)``
+    (keywords ``seq_len, global_batch_size, seed, process_index, process_count, num_threads,
+    shuffle_window``; see the module docstring)."""
+    return TrainIterator(ds, **kwargs)
 
 
 def make_eval_batches(

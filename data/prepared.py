@@ -32,7 +32,7 @@ import numpy as np
 
 from scalinglab.data import datadir, markov, tokenizers
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.fileio import atomic_write_json, read_json, temp_dir_beside
 
 MANIFEST = "prepared.json"
 FORMAT_VERSION = 2  # 2: local_text documents are line-aligned chunks of files
@@ -156,7 +156,7 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
 
     final = datadir.dataset_dir(name, data_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = temp_dir_beside(final, "tmp-")
     try:
         builder_fields = {k: v for k, v in cfg.items() if k not in _TOKENIZER_KEYS}
         tfds_cfg = cfg_cls(name="prepared", version="1.0.0", **builder_fields)

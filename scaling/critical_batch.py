@@ -46,6 +46,7 @@ import numpy as np
 from scalinglab.errors import UserError
 from scalinglab.fileio import read_json
 from scalinglab.scaling.bootstrap import percentile_interval, resample_counts
+from scalinglab.scaling.load import read_metrics
 from scalinglab.scaling.powerlaw import fit_loglinear, fit_power_law
 
 MIN_BATCH_SIZES = 3  # two parameters per hyperbola need at least three distinct batch sizes
@@ -90,23 +91,6 @@ class RunCurve:
         ~10 % of a run is averaged over ever fewer points, so a noisy dip there does not count)."""
         keep = self.steps <= self.steps[-1] / (1.0 + 0.5 * self.rel_width)
         return float(np.min(self.loss[keep] if keep.any() else self.loss))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file (a torn last line from a killed run is ignored)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise UserError(f"{path}: line {i + 1} is not valid JSON") from None
-    return rows
 
 
 def _finite(x: Any) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from scalinglab.fileio import temp_dir_beside  # noqa: E402
 from scalinglab.scaling import chinchilla, kaplan  # noqa: E402
 from scalinglab.scaling.isoflop import isoflop_profiles  # noqa: E402
 from scalinglab.scaling.load import RunTable  # noqa: E402
@@ -176,7 +176,7 @@ def write_plots(table: RunTable, law: str, result: dict, out_dir) -> list[str]:
 
         raise UserError(f"--plot {out_dir}: exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         names = ["loss_curves.png", "frontier.png"]
         plot_loss_curves(table, tmp / "loss_curves.png")

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, atomic_write_text
+from scalinglab.fileio import atomic_write_json, atomic_write_text, temp_dir_beside
 from scalinglab.scaling.report_doc import Figure, Heading, Paragraph, Table, to_html, to_markdown
 
 DEFAULT_BOOTSTRAP = 1000
@@ -144,7 +143,9 @@ def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets
     doc.append(Heading("Kaplan et al. (2020): L(N) and L(C)"))
     kn = _try(fits, "kaplan_n", lambda: fit_law(table, "kaplan-n", **kw))
     kc = _try(fits, "kaplan_c", lambda: fit_law(table, "kaplan-c", **kw))
-    for label, res in (("L(N) = (N_c/N)^α_N, lowest loss per size", kn), ("L(C) = (C_c/C)^α_C on the compute frontier", kc)):
+    for label, res in (("L(N) = (N_c/N)^α_N, lowest loss per size (Kaplan's L(N) assumes models trained to "
+                        "convergence; on an IsoFLOP ladder the largest models see the fewest tokens, so read this "
+                        "one as descriptive)", kn), ("L(C) = (C_c/C)^α_C on the compute frontier", kc)):
         if res is None:
             continue
         doc.append(Paragraph(label + ":"))
@@ -275,7 +276,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         raise UserError(f"{runs_dir}: no such runs directory")
     out = Path(out_dir) if out_dir else runs_dir / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         doc, fits = build_report(runs_dir, tmp, n_bootstrap=n_bootstrap, holdout_budgets=holdout_budgets, seed=seed)
         atomic_write_text(tmp / "report.md", to_markdown(doc, tmp))
