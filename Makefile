@@ -30,7 +30,7 @@ test-all: venv
 # Benchmarks compare against reference implementations (PyTorch, scipy loops);
 # torch is an optional extra installed only here, from the machine's CPU wheel via pip.
 bench: venv
-	$(BIN)/python -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet --python $(BIN)/python "torch==2.13.0"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PYTHON) -m pip --python $(BIN)/python install --quiet "torch==2.13.0"
 	$(BIN)/scalinglab bench
 
 # README.md is assembled from docs/readme/*.md (each part owns its section).
