@@ -121,10 +121,10 @@ def fit_approach3(
     bootstrap_starts: int = 2,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
-    wide_iter: int = 50,
+    wide_iter: int = 80,
     wide_dtype: str = "float32",
     n_polish: int = 16,
-    bootstrap_iter: int = 40,
+    bootstrap_iter: int = 100,
     bootstrap_dtype: str = "float64",
 ) -> dict:
     """Fit ``L = E + A/N^alpha + B/D^beta`` to points (N parameters, D tokens, L nats/token).
@@ -148,11 +148,12 @@ def fit_approach3(
     data = {"log_n": np.log(n), "log_d": np.log(d), "log_l": np.log(l)}
     ones_N = np.ones(n.size)
 
-    # 1) every start, a bounded number of iterations (float32 by default: it only has to reach
-    #    the right basins); 2) polish the n_polish best distinct end points in float64.
+    # 1) every start, a bounded number of lock-step L-BFGS iterations (float32 by default: it
+    #    only has to reach the right basins); 2) polish the n_polish best distinct end points in
+    #    float64 with a strong-Wolfe line search.
     wide = multistart.minimize_batch(
         _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
-        dtype=wide_dtype, max_iter=wide_iter, gtol=1e-8, ftol=0.0,
+        dtype=wide_dtype, max_iter=wide_iter, gtol=1e-8, method="lockstep",
     )
     cand = multistart.best_distinct(wide, max(bootstrap_starts, n_polish))
     if cand.size == 0:
@@ -196,7 +197,7 @@ def fit_approach3(
 
 
 def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed: int = 0,
-                        max_iter: int = 40, dtype: str = "float64") -> dict[str, np.ndarray]:
+                        max_iter: int = 100, dtype: str = "float64") -> dict[str, np.ndarray]:
     """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one vmapped batch);
     returns ``{param: float[K]}`` for E, A, B, alpha, beta, a, b, G (best start per resample)."""
     n = data["log_n"].size
@@ -205,7 +206,7 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
     weights_MN = np.repeat(counts_KN, s, axis=0)
     res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype=dtype,
-                                    max_iter=max_iter, gtol=1e-8, ftol=0.0)
+                                    max_iter=max_iter, gtol=1e-6, method="lockstep")
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
     best_K = np.argmin(value_KS, axis=1)
     x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]

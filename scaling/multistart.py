@@ -7,8 +7,11 @@ problems in one jitted call: row ``m`` starts at ``x0_MP[m]`` and weights the da
 by ``weights_MN[m]`` (ones for the plain fit, bootstrap counts for a resample).
 
 Under ``vmap`` every row advances in lock step until the slowest one stops, so the cost is
-``M × max_iter``; callers therefore run a wide, cheap pass (float32, few iterations) over all
-starts and then :func:`polish` the best few in float64 to tight tolerances.  ``jax.enable_x64``
+``M × max_iter`` iterations, and with optax's zoom line search each iteration costs as many
+objective evaluations as the worst row's line search needs. ``method="lockstep"`` instead
+evaluates every row exactly once per iteration (a trial step that fails Armijo is rejected
+and that row's step shortened). Callers run a wide, cheap lock-step pass (float32) over all
+starts and then :func:`polish` the best few in float64 with the strong-Wolfe line search.  ``jax.enable_x64``
 is switched on locally for float64, never globally.
 """
 
@@ -69,8 +72,76 @@ def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
     return x, value, it, optax.tree.norm(grad)
 
 
+def _fast_solve(loss_fn, max_iter, gtol, memory, x0_MP, weights_MN, data):
+    """Batched L-BFGS with one objective evaluation per iteration (all rows in lock step).
+
+    Each iteration takes the L-BFGS direction (two-loop recursion over the last ``memory``
+    curvature pairs, newest last) with a per-row step length ``t`` (1 after an accepted step);
+    a trial point that fails the Armijo condition (or is not finite) is rejected: the row stays
+    where it was and quarters ``t``. No nested line-search loop, so under batching every
+    iteration costs exactly one value-and-gradient pass over all rows.
+    """
+    value_and_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None, 0))
+    M, P = x0_MP.shape
+    dtype = x0_MP.dtype
+    f0, g0 = value_and_grad(x0_MP, data, weights_MN)
+
+    def dot(a, b):
+        return jnp.sum(a * b, axis=-1)
+
+    def direction(g, S, Y, valid):
+        rho = jnp.where(valid, 1.0 / jnp.where(valid, dot(S, Y), 1.0), 0.0)  # [M, m]
+        q = g
+        alphas = []
+        for i in reversed(range(memory)):
+            a_i = rho[:, i] * dot(S[:, i], q)
+            q = q - a_i[:, None] * Y[:, i]
+            alphas.append(a_i)
+        alphas = alphas[::-1]
+        sy, yy = dot(S[:, -1], Y[:, -1]), dot(Y[:, -1], Y[:, -1])
+        gnorm = jnp.sqrt(dot(g, g))
+        gamma = jnp.where(valid[:, -1], sy / jnp.where(valid[:, -1], yy, 1.0), 1.0 / jnp.maximum(gnorm, 1.0))
+        r = gamma[:, None] * q
+        for i in range(memory):
+            b_i = rho[:, i] * dot(Y[:, i], r)
+            r = r + S[:, i] * (alphas[i] - b_i)[:, None]
+        d = -r
+        descent = dot(g, d) < 0
+        return jnp.where(descent[:, None], d, -g / jnp.maximum(gnorm, 1.0)[:, None])
+
+    def cond(c):
+        it, x, f, g, S, Y, valid, t = c
+        active = (jnp.sqrt(dot(g, g)) > gtol) & (t > 1e-10) & jnp.isfinite(f)
+        return (it < max_iter) & jnp.any(active)
+
+    def body(c):
+        it, x, f, g, S, Y, valid, t = c
+        d = direction(g, S, Y, valid)
+        x_new = x + t[:, None] * d
+        f_new, g_new = value_and_grad(x_new, data, weights_MN)
+        ok = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1) & (f_new <= f + 1e-4 * t * dot(g, d))
+        s, y = x_new - x, g_new - g
+        store = ok & (dot(s, y) > 1e-10 * jnp.sqrt(dot(s, s) * dot(y, y)))
+        roll = lambda H, new: jnp.concatenate([H[:, 1:], new[:, None]], axis=1)  # noqa: E731
+        S = jnp.where(store[:, None, None], roll(S, s), S)
+        Y = jnp.where(store[:, None, None], roll(Y, y), Y)
+        valid = jnp.where(store[:, None], jnp.concatenate([valid[:, 1:], store[:, None]], axis=1), valid)
+        x = jnp.where(ok[:, None], x_new, x)
+        f = jnp.where(ok, f_new, f)
+        g = jnp.where(ok[:, None], g_new, g)
+        t = jnp.where(ok, 1.0, 0.25 * t).astype(dtype)
+        return it + 1, x, f, g, S, Y, valid, t
+
+    zeros = jnp.zeros((M, memory, P), dtype)
+    init = (0, x0_MP, f0, g0, zeros, zeros, jnp.zeros((M, memory), bool), jnp.ones((M,), dtype))
+    it, x, f, g, *_ = jax.lax.while_loop(cond, body, init)
+    return x, f, jnp.full((M,), it), jnp.sqrt(dot(g, g))
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(loss_fn: LossFn, max_iter: int, gtol: float, ftol: float, ls_steps: int):
+def _compiled(loss_fn: LossFn, method: str, max_iter: int, gtol: float, ftol: float, ls_steps: int):
+    if method == "lockstep":
+        return jax.jit(functools.partial(_fast_solve, loss_fn, max_iter, gtol, 10))
     solve = functools.partial(_solve_one, loss_fn, max_iter, gtol, ftol, ls_steps)
     return jax.jit(jax.vmap(solve, in_axes=(0, 0, None)))
 
@@ -86,6 +157,7 @@ def minimize_batch(
     gtol: float = 1e-10,
     ftol: float = 1e-15,
     ls_steps: int = 10,
+    method: str = "zoom",
 ) -> BatchResult:
     """Minimise ``loss_fn(x, data, weights_MN[m])`` from ``x0_MP[m]`` for every row m at once.
 
@@ -97,11 +169,18 @@ def minimize_batch(
     row needing the most, so a short cap keeps an iteration at a few objective evaluations.
     M is padded to a bucket (repeated rows) and N to a power of two (zero-weight points) so
     that tables of similar size share one compilation.
+
+    ``method``: ``"zoom"`` — optax L-BFGS with a strong-Wolfe zoom line search per row (robust;
+    under vmap each iteration costs as many evaluations as the slowest row's line search);
+    ``"lockstep"`` — :func:`_fast_solve`, one evaluation per iteration for all rows (``ftol`` and
+    ``ls_steps`` unused), several times faster for wide batches of starts or resamples.
     """
     if dtype not in ("float32", "float64"):
         raise ValueError("dtype must be float32 or float64")
+    if method not in ("zoom", "lockstep"):
+        raise ValueError("method must be zoom or lockstep")
     with jax.enable_x64(dtype == "float64"):
-        solver = _compiled(loss_fn, int(max_iter), float(gtol), float(ftol), int(ls_steps))
+        solver = _compiled(loss_fn, method, int(max_iter), float(gtol), float(ftol), int(ls_steps))
         x0_MP = np.asarray(x0_MP, dtype=np.float64)
         weights_MN = np.asarray(weights_MN, dtype=np.float64)
         m, n = weights_MN.shape

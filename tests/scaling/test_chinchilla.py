@@ -71,6 +71,24 @@ def test_vectorised_optimum_equals_scipy_loop(table60):
     assert ours["beta"] == pytest.approx(x_sp[4], abs=1e-4)
 
 
+def test_lockstep_bootstrap_refits_equal_scipy_per_resample(table60):
+    """Each vectorised bootstrap refit (lock-step L-BFGS) reaches scipy's optimum on its resample."""
+    from scalinglab.scaling.bootstrap import resample_counts
+
+    t = table60
+    ours = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID[::12])
+    x0 = np.array([[np.log(ours["A"]), np.log(ours["B"]), np.log(ours["E"]), ours["alpha"], ours["beta"]]])
+    data = {"log_n": np.log(t["params"]), "log_d": np.log(t["tokens"]), "log_l": np.log(t["loss"])}
+    samples = chinchilla.bootstrap_approach3(x0, data, n_bootstrap=8, seed=3)
+    counts = resample_counts(len(t["loss"]), 8, seed=3)
+    for k in range(8):
+        x_sp, v_sp, _ = scipy_fit(x0, data["log_n"], data["log_d"], data["log_l"], counts[k],
+                                  options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+        assert samples["alpha"][k] == pytest.approx(x_sp[3], abs=1e-3)
+        assert samples["beta"][k] == pytest.approx(x_sp[4], abs=1e-3)
+        assert samples["E"][k] == pytest.approx(np.exp(x_sp[2]), rel=1e-3)
+
+
 def test_approaches_1_and_2_recover_exponents():
     # 10 budgets x 25 sizes, 0.5 % noise. MC over 200 tables: approach 2 a = 0.4498 ± 0.0059
     # (noiseless 0.4507: parabola bias ~0.001); approach 1 (argmin per budget, final points only,
