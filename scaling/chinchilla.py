@@ -74,6 +74,25 @@ def _loss(x_P, data, weights_N):
     return jnp.sum(weights_N * h) / (HUBER_DELTA * jnp.sum(weights_N))
 
 
+def _loss_value_and_grad(x_P, data, weights_N):
+    """``(_loss, d _loss / d x_P)`` in closed form: one pass, 3 exp + 1 log per point (autodiff of
+    ``_loss`` costs 1.7x (float64) to 5x (float32) more; tests check the two agree)."""
+    a, b, e, alpha, beta = (x_P[i] for i in range(5))
+    log_n, log_d = data["log_n"], data["log_d"]
+    u, v = a - alpha * log_n, b - beta * log_d
+    m = jnp.maximum(jnp.maximum(u, v), e)
+    eu, ev, ee = jnp.exp(u - m), jnp.exp(v - m), jnp.exp(e - m)
+    s = eu + ev + ee
+    r = m + jnp.log(s) - data["log_l"]
+    ar = jnp.abs(r)
+    h = jnp.where(ar <= HUBER_DELTA, 0.5 * r * r, HUBER_DELTA * (ar - 0.5 * HUBER_DELTA))
+    scale = HUBER_DELTA * jnp.sum(weights_N)
+    c = weights_N * jnp.clip(r, -HUBER_DELTA, HUBER_DELTA) / (scale * s)  # dLoss/dpred ÷ s
+    cu, cv = c * eu, c * ev
+    grad = jnp.stack([jnp.sum(cu), jnp.sum(cv), jnp.sum(c * ee), -jnp.sum(cu * log_n), -jnp.sum(cv * log_d)])
+    return jnp.sum(weights_N * h) / scale, grad
+
+
 def huber_objective(x_P: np.ndarray, n_params, n_tokens, loss) -> float:
     """The paper's objective: sum over points of Huber_delta(log L̂ − log L) (numpy, float64)."""
     r = log_predict(np.asarray(x_P, np.float64), np.log(n_params), np.log(n_tokens)) - np.log(loss)
@@ -154,6 +173,7 @@ def fit_approach3(
     wide = multistart.minimize_batch(
         _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
         dtype=wide_dtype, max_iter=wide_iter, gtol=1e-8, method="lockstep",
+        value_and_grad_fn=_loss_value_and_grad,
     )
     cand = multistart.best_distinct(wide, max(bootstrap_starts, n_polish))
     if cand.size == 0:
@@ -198,7 +218,8 @@ def fit_approach3(
 
 def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed: int = 0,
                         max_iter: int = 100, dtype: str = "float64") -> dict[str, np.ndarray]:
-    """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one vmapped batch);
+    """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one batch of lock-step
+    L-BFGS in ``dtype`` to |grad| <= 1e-6 or ``max_iter``; float32 stalls short of the optimum);
     returns ``{param: float[K]}`` for E, A, B, alpha, beta, a, b, G (best start per resample)."""
     n = data["log_n"].size
     counts_KN = resample_counts(n, n_bootstrap, seed=seed)
@@ -206,7 +227,8 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
     weights_MN = np.repeat(counts_KN, s, axis=0)
     res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype=dtype,
-                                    max_iter=max_iter, gtol=1e-6, method="lockstep")
+                                    max_iter=max_iter, gtol=1e-6, method="lockstep",
+                                    value_and_grad_fn=_loss_value_and_grad)
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
     best_K = np.argmin(value_KS, axis=1)
     x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]

@@ -72,16 +72,17 @@ def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
     return x, value, it, optax.tree.norm(grad)
 
 
-def _fast_solve(loss_fn, max_iter, gtol, memory, x0_MP, weights_MN, data):
+def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weights_MN, data):
     """Batched L-BFGS with one objective evaluation per iteration (all rows in lock step).
 
     Each iteration takes the L-BFGS direction (two-loop recursion over the last ``memory``
     curvature pairs, newest last) with a per-row step length ``t`` (1 after an accepted step);
     a trial point that fails the Armijo condition (or is not finite) is rejected: the row stays
     where it was and quarters ``t``. No nested line-search loop, so under batching every
-    iteration costs exactly one value-and-gradient pass over all rows.
+    iteration costs exactly one value-and-gradient pass over all rows. ``value_and_grad_fn``
+    (same signature as ``loss_fn``, returning ``(value, grad_P)``) replaces autodiff when given.
     """
-    value_and_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None, 0))
+    value_and_grad = jax.vmap(value_and_grad_fn or jax.value_and_grad(loss_fn), in_axes=(0, None, 0))
     M, P = x0_MP.shape
     dtype = x0_MP.dtype
     f0, g0 = value_and_grad(x0_MP, data, weights_MN)
@@ -139,9 +140,10 @@ def _fast_solve(loss_fn, max_iter, gtol, memory, x0_MP, weights_MN, data):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(loss_fn: LossFn, method: str, max_iter: int, gtol: float, ftol: float, ls_steps: int):
+def _compiled(loss_fn: LossFn, method: str, max_iter: int, gtol: float, ftol: float, ls_steps: int,
+              value_and_grad_fn=None):
     if method == "lockstep":
-        return jax.jit(functools.partial(_fast_solve, loss_fn, max_iter, gtol, 10))
+        return jax.jit(functools.partial(_fast_solve, loss_fn, value_and_grad_fn, max_iter, gtol, 10))
     solve = functools.partial(_solve_one, loss_fn, max_iter, gtol, ftol, ls_steps)
     return jax.jit(jax.vmap(solve, in_axes=(0, 0, None)))
 
@@ -158,6 +160,7 @@ def minimize_batch(
     ftol: float = 1e-15,
     ls_steps: int = 10,
     method: str = "zoom",
+    value_and_grad_fn: Callable | None = None,
 ) -> BatchResult:
     """Minimise ``loss_fn(x, data, weights_MN[m])`` from ``x0_MP[m]`` for every row m at once.
 
@@ -173,14 +176,16 @@ def minimize_batch(
     ``method``: ``"zoom"`` — optax L-BFGS with a strong-Wolfe zoom line search per row (robust;
     under vmap each iteration costs as many evaluations as the slowest row's line search);
     ``"lockstep"`` — :func:`_fast_solve`, one evaluation per iteration for all rows (``ftol`` and
-    ``ls_steps`` unused), several times faster for wide batches of starts or resamples.
+    ``ls_steps`` unused), several times faster for wide batches of starts or resamples;
+    ``value_and_grad_fn`` (module-level, like ``loss_fn``) supplies a hand-written gradient.
     """
     if dtype not in ("float32", "float64"):
         raise ValueError("dtype must be float32 or float64")
     if method not in ("zoom", "lockstep"):
         raise ValueError("method must be zoom or lockstep")
     with jax.enable_x64(dtype == "float64"):
-        solver = _compiled(loss_fn, method, int(max_iter), float(gtol), float(ftol), int(ls_steps))
+        solver = _compiled(loss_fn, method, int(max_iter), float(gtol), float(ftol), int(ls_steps),
+                           value_and_grad_fn)
         x0_MP = np.asarray(x0_MP, dtype=np.float64)
         weights_MN = np.asarray(weights_MN, dtype=np.float64)
         m, n = weights_MN.shape
