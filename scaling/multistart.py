@@ -111,16 +111,18 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         return jnp.where(descent[:, None], d, -g / jnp.maximum(gnorm, 1.0)[:, None])
 
     def cond(c):
-        it, x, f, g, S, Y, valid, t = c
-        active = (jnp.sqrt(dot(g, g)) > gtol) & (t > 1e-10) & jnp.isfinite(f)
-        return (it < max_iter) & jnp.any(active)
+        it, done = c[0], c[-1]
+        return (it < max_iter) & ~jnp.all(done)
 
     def body(c):
-        it, x, f, g, S, Y, valid, t = c
+        it, x, f, g, S, Y, valid, t, done = c
         d = direction(g, S, Y, valid)
         x_new = x + t[:, None] * d
         f_new, g_new = value_and_grad(x_new, data, weights_MN)
-        ok = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1) & (f_new <= f + 1e-4 * t * dot(g, d))
+        ok = ~done & jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1) & (f_new <= f + 1e-4 * t * dot(g, d))
+        # a row is done (and frozen) at a small gradient, a vanishing step, or an accepted step that
+        # changed f by less than 1e-12 relative (at a kink of a Huber loss the gradient stays large)
+        stalled = ok & (jnp.abs(f - f_new) <= 1e-12 * jnp.abs(f))
         s, y = x_new - x, g_new - g
         store = ok & (dot(s, y) > 1e-10 * jnp.sqrt(dot(s, s) * dot(y, y)))
         roll = lambda H, new: jnp.concatenate([H[:, 1:], new[:, None]], axis=1)  # noqa: E731
@@ -131,10 +133,12 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         f = jnp.where(ok, f_new, f)
         g = jnp.where(ok[:, None], g_new, g)
         t = jnp.where(ok, 1.0, 0.25 * t).astype(dtype)
-        return it + 1, x, f, g, S, Y, valid, t
+        done = done | stalled | (jnp.sqrt(dot(g, g)) <= gtol) | (t <= 1e-10) | ~jnp.isfinite(f)
+        return it + 1, x, f, g, S, Y, valid, t, done
 
     zeros = jnp.zeros((M, memory, P), dtype)
-    init = (0, x0_MP, f0, g0, zeros, zeros, jnp.zeros((M, memory), bool), jnp.ones((M,), dtype))
+    done0 = (jnp.sqrt(dot(g0, g0)) <= gtol) | ~jnp.isfinite(f0)
+    init = (0, x0_MP, f0, g0, zeros, zeros, jnp.zeros((M, memory), bool), jnp.ones((M,), dtype), done0)
     it, x, f, g, *_ = jax.lax.while_loop(cond, body, init)
     return x, f, jnp.full((M,), it), jnp.sqrt(dot(g, g))
 
