@@ -102,15 +102,11 @@ def _to_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _from_json_cts(state: Any) -> Any:
-    """Undo JSON's tuple → list in grain's ConcatThenSplit state (it compares slices to tuples),
-    wherever it sits in the nested iterator state."""
-    if not isinstance(state, dict):
-        return state
-    out = {k: _from_json_cts(v) for k, v in state.items()}
-    if isinstance(state.get("remainder_slices"), dict):
-        out["remainder_slices"] = {k: tuple(v) for k, v in state["remainder_slices"].items()}
-    return out
+def _from_json_cts(state: dict[str, Any]) -> dict[str, Any]:
+    """Undo JSON's tuple → list in grain's ConcatThenSplit state (it compares slices to tuples)."""
+    state = dict(state)
+    state["remainder_slices"] = {k: tuple(v) for k, v in state["remainder_slices"].items()}
+    return state
 
 
 class TrainIterator(Iterator[np.ndarray]):
