@@ -11,8 +11,8 @@ Under ``vmap`` every row advances in lock step until the slowest one stops, so t
 objective evaluations as the worst row's line search needs. ``method="lockstep"`` instead
 evaluates every row exactly once per iteration (a trial step that fails Armijo is rejected
 and that row's step shortened). Callers run a wide, cheap lock-step pass (float32) over all
-starts and then :func:`polish` the best few in float64 with the strong-Wolfe line search.  ``jax.enable_x64``
-is switched on locally for float64, never globally.
+starts and then :func:`polish` the best few in float64 with the strong-Wolfe line search.
+``jax.enable_x64`` is switched on locally for float64, never globally.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         d = direction(g, S, Y, valid)
         x_new = x + t[:, None] * d
         f_new, g_new = value_and_grad(x_new, data, weights_MN)
-        ok = ~done & jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1) & (f_new <= f + 1e-4 * t * dot(g, d))
+        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1)
+        ok = ~done & finite & (f_new <= f + 1e-4 * t * dot(g, d))  # Armijo
         # a row is done (and frozen) at a small gradient, a vanishing step, or an accepted step that
         # changed f by less than 1e-12 relative (at a kink of a Huber loss the gradient stays large)
         stalled = ok & (jnp.abs(f - f_new) <= 1e-12 * jnp.abs(f))
