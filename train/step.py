@@ -58,15 +58,14 @@ def _strided_split(batch: Any, n: int) -> Any:
     return jax.tree.map(split, batch)
 
 
-def _contiguous_split(batch: Any, n: int, sharding: NamedSharding | None) -> Any:
-    """[B, ...] → [n, B/n, ...] with group g = the g-th contiguous block (= the g-th data shard)."""
+def _contiguous_split(batch: Any, n: int, sharding: NamedSharding) -> Any:
+    """[B, ...] → [n, B/n, ...] with group g = the g-th contiguous block (= the g-th data shard),
+    constrained to ``sharding`` (group axis over ``data``)."""
 
     def split(x):
         y = x.reshape((n, x.shape[0] // n) + x.shape[1:])
-        if sharding is not None:
-            spec = P(*sharding.spec, *([None] * (y.ndim - len(sharding.spec))))
-            y = jax.lax.with_sharding_constraint(y, NamedSharding(sharding.mesh, spec))
-        return y
+        spec = P(*sharding.spec, *([None] * (y.ndim - len(sharding.spec))))
+        return jax.lax.with_sharding_constraint(y, NamedSharding(sharding.mesh, spec))
 
     return jax.tree.map(split, batch)
 
