@@ -155,7 +155,6 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
     tfds = _quiet_tfds()
 
     final = datadir.dataset_dir(name, data_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(final, "tmp-")
     try:
         builder_fields = {k: v for k, v in cfg.items() if k not in _TOKENIZER_KEYS}

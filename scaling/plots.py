@@ -175,7 +175,6 @@ def write_plots(table: RunTable, law: str, result: dict, out_dir) -> list[str]:
         from scalinglab.errors import UserError
 
         raise UserError(f"--plot {out_dir}: exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out)
     try:
         names = ["loss_curves.png", "frontier.png"]

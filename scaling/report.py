@@ -275,7 +275,6 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: no such runs directory")
     out = Path(out_dir) if out_dir else runs_dir / "report"
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out)
     try:
         doc, fits = build_report(runs_dir, tmp, n_bootstrap=n_bootstrap, holdout_budgets=holdout_budgets, seed=seed)
