@@ -99,7 +99,7 @@ def _sweep_dirs(runs_dir: Path) -> list[Path]:
 
 def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets: int, seed: int) -> tuple[list, dict]:
     """Fit everything and draw the figures into ``out``; returns (document blocks, fits dict)."""
-    from scalinglab.scaling import chinchilla, plots
+    from scalinglab.scaling import plots
     from scalinglab.scaling.allocation import allocate
     from scalinglab.scaling.budgets import group_budgets
     from scalinglab.scaling.holdout import holdout

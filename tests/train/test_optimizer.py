@@ -1,7 +1,6 @@
 """AdamW with the weight-decay mask: one update against a hand-written numpy AdamW."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

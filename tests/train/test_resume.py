@@ -1,6 +1,5 @@
 """Crash safety: kill -9 (and SIGTERM) mid-run, resume from the CLI, same metrics as an uninterrupted run."""
 
-import os
 import signal
 import subprocess
 import sys
