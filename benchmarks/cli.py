@@ -6,7 +6,9 @@ import argparse
 import importlib
 import sys
 import time
+from pathlib import Path
 
+from scalinglab.benchmarks.common import RESULTS_DIR
 from scalinglab.errors import UserError
 
 # name -> module (each has run(quick: bool = False) -> dict and writes its own JSON via common.write_result).
@@ -29,14 +31,16 @@ def _bench(args: argparse.Namespace) -> int:
         sys.stderr.write(f"[bench] {name} ...\n")
         t0 = time.perf_counter()
         result = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
-        path = write_result(name, result)
+        path = write_result(name, result, args.results_dir)
         sys.stderr.write(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s -> {path}\n")
-    print(write_summary())
+    print(write_summary(Path(args.results_dir)))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run the side-by-side benchmarks, write benchmarks/results/*.json")
     p.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHMARKS))
+    p.add_argument("--results-dir", default=str(RESULTS_DIR),
+                   help="where the JSON results and SUMMARY.md go (default: %(default)s of the working directory)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the README)")
     p.set_defaults(func=_bench)

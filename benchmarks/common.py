@@ -1,17 +1,18 @@
-"""Shared benchmark helpers: machine description, timing, and the results file."""
+"""Shared benchmark helpers: machine description and the results file."""
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scalinglab.fileio import atomic_write_json
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Results go into the checkout the benchmarks are run from (`make bench` runs in the repo root), not
+# beside the installed package files; `scalinglab bench --results-dir` picks another folder.
+RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def machine_info() -> dict[str, Any]:
@@ -40,20 +41,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Wall-clock seconds of ``fn()`` (which must block until done): median, min and all repeats."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
-
-
 def write_result(name: str, result: dict[str, Any], results_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``result`` (plus machine info and a UTC timestamp) to ``benchmarks/results/<name>.json``."""
+    """Write ``result`` (plus machine info and a UTC timestamp) to ``<results_dir>/<name>.json``
+    (default :data:`RESULTS_DIR`, ``benchmarks/results`` of the working directory)."""
     out = Path(results_dir) if results_dir else RESULTS_DIR
     payload = {
         "benchmark": name,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scalinglab.benchmarks.common import RESULTS_DIR
 from scalinglab.fileio import atomic_write_text
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _fmt(x) -> str:

@@ -1,1 +1,1 @@
-"""scalinglab: scaling-law research on JAX/Flax."""
+"""Runnable launchers (``scalinglab.scripts``); also ``python -m scalinglab.launch_local|launch_tpu``."""

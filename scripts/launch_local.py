@@ -1,6 +1,6 @@
 """Run one scalinglab command as several local CPU processes under ``jax.distributed``.
 
-    python -m scalinglab.launch_local --processes 2 [--devices-per-process 4] -- \\
+    scalinglab-launch-local --processes 2 [--devices-per-process 4] -- \\
         scalinglab train --preset gpt2-tiny --steps 50 --out runs/mp
 
 Each process gets ``SCALINGLAB_COORDINATOR`` (localhost and a free port),
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="launch_local", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="scalinglab-launch-local", description=__doc__.split("\n\n")[0])
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--devices-per-process", type=int, default=1)
     p.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")

@@ -1,6 +1,6 @@
 """Cloud TPU launcher: create or reuse a TPU VM, install scalinglab on every worker, run one command on all.
 
-    python -m scalinglab.launch_tpu --name my-tpu --zone us-central2-b --accelerator-type v4-32 \\
+    scalinglab-launch-tpu --name my-tpu --zone us-central2-b --accelerator-type v4-32 \\
         [--spot] [--dry-run] -- scalinglab ladder --ladder-preset tpu-v4-32 --out runs/v4
 
 JAX's multi-controller runtime does the rest: on Cloud TPU ``jax.distributed.initialize()`` needs no
@@ -52,7 +52,8 @@ def _tpu_exists(args: argparse.Namespace) -> bool:
     try:
         out = subprocess.run(probe, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        sys.stderr.write("launch_tpu: error: gcloud not found; install the Google Cloud SDK or use --dry-run\n")
+        sys.stderr.write("scalinglab-launch-tpu: error: gcloud not found; install the Google Cloud SDK "
+                         "or use --dry-run\n")
         raise SystemExit(2)
     return out.returncode == 0 and out.stdout.strip() != ""
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="launch_tpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="scalinglab-launch-tpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="TPU VM name (reused if it exists)")
     p.add_argument("--zone", required=True)
     p.add_argument("--project", default="")
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.dry_run:
             rc = subprocess.run(cmd, check=False).returncode
             if rc != 0:
-                sys.stderr.write(f"launch_tpu: error: command failed with exit code {rc}\n")
+                sys.stderr.write(f"scalinglab-launch-tpu: error: command failed with exit code {rc}\n")
                 return rc
     return 0
 

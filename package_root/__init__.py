@@ -1,0 +1,1 @@
+"""scalinglab: scaling-law research on JAX/Flax."""
