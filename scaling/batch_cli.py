@@ -8,6 +8,7 @@ and ``bcrit.png`` there.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from scalinglab.cli import emit_json
@@ -38,7 +39,8 @@ def register(subparsers: Any) -> None:
         help="critical batch size from a batch-size sweep (S-E trade-off, B_crit(L), B_simple)",
         description=(
             "For target losses, find the steps S and examples E = B*S each run of a batch-size sweep "
-            "needs (first crossing of its smoothed loss curve), fit (S/S_min - 1)(E/E_min - 1) = 1 per "
+            "needs (crossing of its smoothed, monotone loss curve; the minimum over a batch size's learning "
+            "rates when the sweep has a grid), fit (S/S_min - 1)(E/E_min - 1) = 1 per "
             "target (B_crit = E_min/S_min, bootstrap intervals over runs), fit B_crit(L) = B*/L^(1/alpha_B), "
             "and report the in-loop noise scale B_simple at the same losses."
         ),
@@ -50,8 +52,10 @@ def register(subparsers: Any) -> None:
                    help="target losses in nats/token (space or comma separated); "
                         "default: evenly spaced in log over losses every run reaches")
     p.add_argument("--n-targets", type=int, default=cb.DEFAULT_N_TARGETS, help="number of default targets")
-    p.add_argument("--source", choices=("train", "eval"), default="train",
-                   help="loss curve: smoothed training loss (default) or logged eval_loss")
+    p.add_argument("--source", choices=cb.SOURCES, default="auto",
+                   help="loss curve: auto (default: eval_loss when every run logged >= "
+                        f"{cb.MIN_EVAL_POINTS} of them, else the smoothed training loss), train, or eval; "
+                        "either is made monotone (isotonic fit) before the crossing is found")
     p.add_argument("--smooth", type=float, default=cb.DEFAULT_REL_WIDTH,
                    help="half-width of the centred smoothing window as a fraction of the step (0 = none)")
     p.add_argument("--bootstrap", type=int, default=cb.DEFAULT_N_BOOTSTRAP, help="bootstrap resamples")
@@ -70,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
     result = cb.analyze_sweep(
         curves, _targets(args.targets), n_targets=args.n_targets, n_bootstrap=args.bootstrap, seed=args.seed
     )
-    result["loss_source"] = {"source": args.source, "smooth_rel_width": args.smooth if args.source == "train" else 0.0}
+    used = result["loss_curve"]["source"]
+    result["loss_source"] = {"source": used, "requested": args.source,
+                             "smooth_rel_width": args.smooth if used == "train" else 0.0}
     result = cb.json_safe(result)
+    for w in result["warnings"]:
+        sys.stderr.write(f"warning: {w}\n")
     if args.plot:
         from scalinglab.scaling.batch_plots import write_plots
 
@@ -108,6 +116,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"B_crit(L) = B*/L^(1/alpha_B): B* = {_fmt(result['B_star'])} {_ci(result['ci']['B_star'])} sequences, "
         f"alpha_B = {_fmt(result['alpha_B'])} {_ci(result['ci']['alpha_B'])}"
     )
+    lines.append("best learning rate per batch size (the run setting its steps; * = at the edge of its grid):")
+    for b, row in result.get("lr_by_batch", {}).items():
+        best = "  ".join("n/a" if lr is None else f"{lr:.3g}{'*' if edge else ''}"
+                         for lr, edge in zip(row["best_lr"], row["at_edge"]))
+        lines.append(f"  B={b:>5} ({len(row['lrs'])} lr): {best}")
     lines.append("advice (per target): fewest examples | fewest steps | 2x trade-off point B = B_crit")
     for t in result["targets"]:
         a = t["advice"]

@@ -84,8 +84,10 @@ def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | P
         ax.plot(grid, result["B_star"] * grid ** (-result["inv_alpha_B"]), color="C0", lw=1,
                 label=f"B*/L^(1/α_B): B*={result['B_star']:.3g}, α_B={alpha}")
     cmap = plt.get_cmap("plasma")
+    used = {r.get("run") for t in result["targets"] for r in t["runs"]} - {None}
+    curves = [c for c in curves if not used or c.name in used]  # a grid's best runs only
     for i, c in enumerate(curves):
-        ok = np.isfinite(c.b_simple) & (c.b_simple > 0)
+        ok = np.isfinite(c.b_simple) & (c.b_simple > 0)  # log axis: non-positive windows cannot be drawn
         if ok.sum() > 1:
             ax.plot(c.loss[ok], c.b_simple[ok], lw=0.8, alpha=0.6, color=cmap(i / max(len(curves), 1)),
                     label=f"B_simple in-loop, B={c.batch_size}")

@@ -6,15 +6,21 @@ batch size with ``config.json`` and ``metrics.jsonl``); nothing here imports mod
 Pipeline (units: steps = optimizer updates, examples = sequences, tokens = examples·seq_len,
 losses in nats/token):
 
-1. **Smoothed loss curve per run.** The training loss logged at each step is noisy (its variance
-   grows as the batch shrinks), so it is averaged over a window centred on each logged step whose
-   half-width is ``rel_width × step`` (default 0.2, i.e. ±20 % of the step), shrunk where needed so
-   that it stays symmetric inside the logged range. A symmetric window leaves a curve that is linear
-   in step unchanged, so the smoothing adds no lag (an EMA would shift every crossing later by
-   ~1/(1−β) steps and bias S_min upward). ``source="eval"`` uses the logged ``eval_loss`` instead,
-   unsmoothed (fixed eval batches, so no sampling noise, but logged less often).
-2. **Steps to a target loss L:** the first crossing of the smoothed curve below L, linearly
-   interpolated between the two logged steps around it; examples ``E = B·S``.
+1. **Smoothed, monotone loss curve per run.** The training loss logged at each step is noisy (its
+   variance grows as the batch shrinks), so it is averaged over a window centred on each logged step
+   whose half-width is ``rel_width × step`` (default 0.2, i.e. ±20 % of the step), shrunk where needed
+   so that it stays symmetric inside the logged range. A symmetric window leaves a curve that is
+   linear in step unchanged, so the smoothing adds no lag (an EMA would shift every crossing later by
+   ~1/(1−β) steps and bias S_min upward). The smoothed curve is then replaced by its least-squares
+   non-increasing fit (:func:`scalinglab.scaling.crossing.isotonic_decreasing`), so each target is
+   crossed once. ``source="eval"`` uses the logged ``eval_loss`` instead (fixed eval batches, so no
+   sampling noise, but logged less often; made monotone the same way, not smoothed); ``"auto"``
+   (the CLI default) takes eval when every run logged at least ``MIN_EVAL_POINTS`` of them.
+2. **Steps to a target loss L:** the crossing of that curve below L, linearly interpolated between
+   the two logged steps around it; examples ``E = B·S``. When a batch size was trained at several
+   learning rates (a grid sweep), its steps are the **minimum over its learning rates**, per target
+   (McCandlish et al. 2018; Shallue et al. 2019; Zhang et al. 2024), and a minimum at the smallest or
+   largest learning rate of the grid is flagged (``lr_at_edge``): the tuned optimum may lie outside.
 3. **Trade-off per target.** McCandlish et al. (2018): (S/S_min − 1)(E/E_min − 1) = 1. With
    E = B·S this is exactly ``S(B) = S_min + E_min/B = S_min·(1 + B_crit/B)`` with
    ``B_crit = E_min/S_min``. We fit ``(log S_min, log B_crit)`` by least squares on log S (equal to
@@ -28,9 +34,12 @@ losses in nats/token):
    are redrawn) when the sweep has ≥ 5 runs; with 3–4 runs that would leave almost no distinct
    resamples, so the residual bootstrap is used instead (log-residuals of each run, resampled by run,
    inflated by sqrt(n/(n−2)) for the two fitted parameters).
-6. **B_simple at the same losses:** each run's in-loop ``gns_b_simple`` (McCandlish's simple noise
-   scale, in sequences) interpolated at the step where that run crosses the target; the median over
-   runs is reported, plus each run's value.
+6. **B_simple at the same losses:** the in-loop ``gns_b_simple`` (McCandlish's simple noise scale,
+   in sequences) of the run that set each batch size's steps, interpolated at the step where it
+   crosses the target (at the centre step of each logged window, ``gns_step``, where logged); the
+   median over batch sizes is reported, plus each value. Non-positive values are kept: the windowed
+   estimate's numerator or denominator can come out negative when the gradient noise swamps it, and
+   dropping those would select the windows where noise happened to push the estimate up.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import numpy as np
 from scalinglab.errors import UserError
 from scalinglab.fileio import read_json
 from scalinglab.scaling.bootstrap import percentile_interval, resample_counts
+from scalinglab.scaling.crossing import isotonic_decreasing, min_over_lr
 from scalinglab.scaling.load import read_metrics
 from scalinglab.scaling.powerlaw import fit_loglinear, fit_power_law
 
@@ -60,6 +70,8 @@ CI_LEVEL = 0.95
 UPPER_FRACTION = 0.5
 LOWER_MARGIN = 0.02  # fraction of the log-loss range kept clear of the highest final loss
 WARMUP_MARGIN = 3  # default targets are crossed by every run only after this many × its warmup steps
+MIN_EVAL_POINTS = 50  # source "auto" uses eval_loss when every run logged at least this many
+SOURCES = ("auto", "train", "eval")
 
 
 # ------------------------------------------------------------------------------------------
@@ -85,6 +97,8 @@ class RunCurve:
     complete: bool = False
     rel_width: float = 0.0  # smoothing half-width used for ``loss`` (fraction of the step)
     warmup: int = 0  # learning-rate warmup of the run, steps (from config.json; 0 if unknown)
+    b_simple_step: np.ndarray | None = None  # [T] step each b_simple value describes (window centre)
+    source: str = "train"  # which logged loss ``loss`` comes from
 
     def reliable_min(self) -> float:
         """Lowest smoothed loss where the window is at least half its nominal width (the last
@@ -112,12 +126,17 @@ def curve_from_rows(
     lr: float | None = None,
     complete: bool = False,
     warmup: int = 0,
+    monotone: bool = True,
 ) -> RunCurve:
-    """Build a smoothed :class:`RunCurve` from metrics rows (see module docstring for ``source``)."""
+    """Build a smoothed, monotone :class:`RunCurve` from metrics rows (module docstring, step 1).
+
+    ``source`` "train" or "eval" ("auto" is decided per sweep by :func:`load_sweep`); ``monotone``
+    False skips the isotonic step (only for measuring what it does).
+    """
     if source not in ("train", "eval"):
         raise UserError(f"loss source must be 'train' or 'eval', got {source!r}")
     key = "loss" if source == "train" else "eval_loss"
-    by_step: dict[int, tuple[float, float]] = {}
+    by_step: dict[int, tuple[float, float, float]] = {}
     for r in rows:
         step = r.get("step")
         if step is None or step <= 0:
@@ -125,34 +144,43 @@ def curve_from_rows(
         value = _finite(r.get(key))
         if math.isnan(value):
             continue
-        by_step[int(step)] = (value, _finite(r.get("gns_b_simple")))  # a resumed run may repeat steps
+        bs_step = _finite(r.get("gns_step"))
+        # a resumed run may repeat steps: the last row wins
+        by_step[int(step)] = (value, _finite(r.get("gns_b_simple")), float(step) if math.isnan(bs_step) else bs_step)
     if len(by_step) < 2:
         raise UserError(f"run {name or '?'} has fewer than two logged {key!r} values")
     steps = np.array(sorted(by_step), dtype=np.float64)
     raw = np.array([by_step[int(s)][0] for s in steps])
     bs = np.array([by_step[int(s)][1] for s in steps])
+    bs_step = np.array([by_step[int(s)][2] for s in steps])
     width = rel_width if source == "train" else 0.0
-    smoothed = smooth_loss(steps, raw, width)
-    return RunCurve(name, int(batch_size), int(seq_len), steps, smoothed, raw, bs, lr, complete, width, int(warmup))
+    curve = smooth_loss(steps, raw, width)
+    if monotone:
+        curve = isotonic_decreasing(curve)
+    return RunCurve(name, int(batch_size), int(seq_len), steps, curve, raw, bs, lr, complete, width, int(warmup),
+                    bs_step, source)
 
 
-def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:
-    """Read one run directory (``config.json`` + ``metrics.jsonl``) into a :class:`RunCurve`."""
-    run_dir = Path(run_dir)
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(``config.json["train"]``, metrics rows) of one run directory; UserError if it is not one."""
     cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
     if not cfg_path.is_file() or not metrics_path.is_file():
         raise UserError(f"{run_dir} is not a run directory (config.json and metrics.jsonl needed)")
     try:
         train = read_json(cfg_path)["train"]
-        batch_size, seq_len = int(train["batch_size"]), int(train["seq_len"])
+        int(train["batch_size"]), int(train["seq_len"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         raise UserError(f"{cfg_path}: missing train.batch_size / train.seq_len") from None
+    return train, read_metrics(metrics_path)
+
+
+def _curve(run_dir: Path, train: dict[str, Any], rows: list[dict[str, Any]], source: str, rel_width: float) -> RunCurve:
     lr = _finite(train.get("lr"))
     warmup = _finite(train.get("warmup"))
     return curve_from_rows(
-        read_metrics(metrics_path),
-        batch_size=batch_size,
-        seq_len=seq_len,
+        rows,
+        batch_size=int(train["batch_size"]),
+        seq_len=int(train["seq_len"]),
         name=run_dir.name,
         source=source,
         rel_width=rel_width,
@@ -162,10 +190,45 @@ def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: flo
     )
 
 
+def _n_eval(rows: Sequence[dict[str, Any]]) -> int:
+    return len({int(r["step"]) for r in rows if (r.get("step") or 0) > 0 and not math.isnan(_finite(r.get("eval_loss")))})
+
+
+def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:
+    """Read one run directory (``config.json`` + ``metrics.jsonl``) into a :class:`RunCurve`."""
+    run_dir = Path(run_dir)
+    train, rows = _read_run(run_dir)
+    if source == "auto":
+        source = "eval" if _n_eval(rows) >= MIN_EVAL_POINTS else "train"
+    return _curve(run_dir, train, rows, source, rel_width)
+
+
+def sweep_run_dirs(meta: dict[str, Any], meta_path: Path) -> list[str]:
+    """Sub-directories of every run of a sweep: all learning rates of each batch size where the sweep
+    lists them (``"grid"``: {B: {subdir: lr}}, or an older grid sweep's ``"candidates"``), else the
+    one run per batch size of ``"runs"``."""
+    subs: list[str] = []
+    for key in ("grid", "candidates"):
+        table = meta.get(key)
+        if isinstance(table, dict) and table:
+            for per_b in table.values():
+                if not isinstance(per_b, dict):
+                    raise UserError(f"{meta_path}: {key} must map batch sizes to {{subdir: value}}")
+                subs.extend(str(s) for s in per_b)
+            break
+    for sub in meta["runs"].values():
+        if not isinstance(sub, str):
+            raise UserError(f"{meta_path}: runs must map batch sizes to run sub-directories")
+        subs.append(sub)
+    return sorted(set(subs))
+
+
 def load_sweep(sweep_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> list[RunCurve]:
-    """Load every run listed in ``SWEEP_DIR/sweep.json`` (sorted by batch size).
+    """Load every run of ``SWEEP_DIR/sweep.json`` (every learning rate of a grid; sorted by batch size,
+    then learning rate).
 
     Runs not started yet (no metrics) are skipped; runs still in progress are used as far as they got.
+    ``source`` "auto": eval loss if every run logged ≥ ``MIN_EVAL_POINTS`` of them, else train loss.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -179,14 +242,18 @@ def load_sweep(sweep_dir: str | Path, *, source: str = "train", rel_width: float
         raise UserError(f"{meta_path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("kind") != "batch-sweep" or not isinstance(meta.get("runs"), dict):
         raise UserError(f"{meta_path} is not a batch-sweep description (kind/runs missing)")
-    curves = []
-    for _, sub in sorted(meta["runs"].items(), key=lambda kv: str(kv[0]).zfill(12)):
-        if not isinstance(sub, str):
-            raise UserError(f"{meta_path}: runs must map batch sizes to run sub-directories")
+    if source not in SOURCES:
+        raise UserError(f"loss source must be one of {', '.join(SOURCES)}, got {source!r}")
+    loaded = []
+    for sub in sweep_run_dirs(meta, meta_path):
         run_dir = sweep_dir / sub
-        if not (run_dir / "metrics.jsonl").is_file():
-            continue
-        curves.append(load_run_curve(run_dir, source=source, rel_width=rel_width))
+        if (run_dir / "metrics.jsonl").is_file():
+            loaded.append((run_dir, *_read_run(run_dir)))
+    if source == "auto":
+        enough = loaded and all(_n_eval(rows) >= MIN_EVAL_POINTS for _, _, rows in loaded)
+        source = "eval" if enough else "train"
+    curves = [_curve(d, train, rows, source, rel_width) for d, train, rows in loaded]
+    curves.sort(key=lambda c: (c.batch_size, c.lr if c.lr is not None else 0.0, c.name))
     check_sweep(curves)
     return curves
 
@@ -243,24 +310,32 @@ def steps_to_target(steps_T: np.ndarray, loss_T: np.ndarray, target: float) -> f
 
 
 def interp_at_step(steps_T: np.ndarray, values_T: np.ndarray, step: float) -> float:
-    """``values_T`` linearly interpolated at ``step``, using only its finite positive entries."""
-    ok = np.isfinite(values_T) & (values_T > 0)
+    """``values_T`` linearly interpolated at ``step``, using its finite entries (of any sign: a
+    non-positive noise-scale estimate is noise, and dropping it would bias the rest upward)."""
+    values_T = np.asarray(values_T, dtype=np.float64)
+    ok = np.isfinite(values_T) & np.isfinite(steps_T)
     if not ok.any() or not math.isfinite(step):
         return math.nan
     s, v = steps_T[ok], values_T[ok]
+    order = np.argsort(s, kind="stable")
+    s, v = s[order], v[order]
     if step < s[0] or step > s[-1]:
         return math.nan
     return float(np.interp(step, s, v))
 
 
 def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> np.ndarray:
-    """``n`` target losses evenly spaced in log loss, all reached by every run (descending).
+    """``n`` target losses evenly spaced in log loss, all reached at every batch size (descending).
 
-    From just above the highest loss every run reaches (:meth:`RunCurve.reliable_min`) up to
+    From just above the highest loss that the best run of every batch size reaches
+    (:meth:`RunCurve.reliable_min`; a grid's poor learning rates need not get there) up to
     ``UPPER_FRACTION`` of the way (in log) to the lowest starting loss, and no higher than any run's
     loss at ``WARMUP_MARGIN`` × its warmup, so that every crossing happens after the warmup transient.
     """
-    lo = max(c.reliable_min() for c in curves)  # every run gets at least this low
+    best: dict[int, float] = {}
+    for c in curves:
+        best[c.batch_size] = min(best.get(c.batch_size, math.inf), c.reliable_min())
+    lo = max(best.values())  # every batch size gets at least this low
     start = min(float(c.loss[0]) for c in curves)
     if not start > lo:
         raise UserError("the runs' loss curves do not overlap: no loss is both below every start and reached by every run")
@@ -469,6 +544,35 @@ def _advice(batch_sizes_R, steps_R, fit: dict[str, float], seq_len: int) -> dict
     }
 
 
+def best_over_lr(curves: Sequence[RunCurve], steps_KR: np.ndarray) -> dict[str, np.ndarray]:
+    """Reduce per-run steps [K, R] to per-batch-size steps [K, B]: the minimum over each batch size's
+    learning rates (:func:`scalinglab.scaling.crossing.min_over_lr`).
+
+    Returns ``batch_sizes`` [B] (sorted), ``steps`` [K, B], ``lr`` [K, B], ``run`` [K, B] (index
+    into ``curves`` of the run that set it, −1 where no run reached the target), ``at_edge`` [K, B]
+    and ``lrs`` (a list of [B] arrays: each batch size's learning rates, sorted).
+    """
+    sizes = sorted({c.batch_size for c in curves})
+    n_k = steps_KR.shape[0]
+    out = {k: np.full((n_k, len(sizes)), np.nan) for k in ("steps", "lr")}
+    out["run"] = np.full((n_k, len(sizes)), -1, dtype=np.int64)
+    out["at_edge"] = np.zeros((n_k, len(sizes)), dtype=bool)
+    lrs_list = []
+    for j, b in enumerate(sizes):
+        idx = np.array([i for i, c in enumerate(curves) if c.batch_size == b])
+        lrs = np.array([np.nan if curves[i].lr is None else curves[i].lr for i in idx], dtype=np.float64)
+        known = np.all(np.isfinite(lrs))
+        res = min_over_lr(lrs if known else np.arange(len(idx), dtype=np.float64), steps_KR[:, idx])
+        out["steps"][:, j] = res["steps"]
+        out["lr"][:, j] = np.where(res["index"] >= 0, lrs[np.maximum(res["index"], 0)], np.nan)
+        out["run"][:, j] = np.where(res["index"] >= 0, idx[np.maximum(res["index"], 0)], -1)
+        out["at_edge"][:, j] = res["at_edge"] & known & (len(np.unique(lrs)) >= 2)
+        lrs_list.append(np.sort(lrs))
+    out["batch_sizes"] = np.array(sizes, dtype=np.float64)
+    out["lrs"] = lrs_list
+    return out
+
+
 def analyze_sweep(
     curves: Sequence[RunCurve],
     targets: Sequence[float] | None = None,
@@ -479,10 +583,12 @@ def analyze_sweep(
 ) -> dict[str, Any]:
     """Fit the trade-off per target loss, B_crit(L), and B_simple at the same losses (fit-batch JSON).
 
-    Non-finite numbers are returned as NaN; :func:`json_safe` turns them into null for output.
+    ``curves`` may hold several runs per batch size (learning rates of a grid): each batch size's
+    steps to a target are the minimum over them (:func:`best_over_lr`). Non-finite numbers are
+    returned as NaN; :func:`json_safe` turns them into null for output.
     """
     check_sweep(curves)
-    curves = sorted(curves, key=lambda c: c.batch_size)
+    curves = sorted(curves, key=lambda c: (c.batch_size, c.lr if c.lr is not None else 0.0))
     seq_len = curves[0].seq_len
     if targets is None:
         targets_K = default_targets(curves, n_targets)
@@ -490,13 +596,13 @@ def analyze_sweep(
         targets_K = np.array(sorted({float(t) for t in targets}, reverse=True), dtype=np.float64)
         if len(targets_K) == 0 or not np.all(np.isfinite(targets_K) & (targets_K > 0)):
             raise UserError("target losses must be positive numbers")
-    b_R = np.array([c.batch_size for c in curves], dtype=np.float64)
-    steps_KR = steps_matrix(curves, targets_K)
+    best = best_over_lr(curves, steps_matrix(curves, targets_K))
+    b_R, steps_KR = best["batch_sizes"], best["steps"]
     for t, s_R in zip(targets_K, steps_KR):
         ok = np.isfinite(s_R)
         if not ok.any():
-            best = min(float(np.min(c.loss)) for c in curves)
-            raise UserError(f"no run reaches target loss {t:.4g} (the lowest smoothed loss of any run is {best:.4g})")
+            lowest = min(float(np.min(c.loss)) for c in curves)
+            raise UserError(f"no run reaches target loss {t:.4g} (the lowest smoothed loss of any run is {lowest:.4g})")
         n_b = len(np.unique(b_R[ok]))
         if n_b < MIN_BATCH_SIZES:
             raise UserError(
@@ -518,8 +624,23 @@ def analyze_sweep(
     else:
         icpt_N = slope_N = np.full(len(bcrit_NK), np.nan)
 
-    # the in-loop simple noise scale where each run crosses each target
-    bsimple_KR = np.array([[interp_at_step(c.steps, c.b_simple, s) for c, s in zip(curves, s_R)] for s_R in steps_KR])
+    # the in-loop simple noise scale of the run that set each batch size's steps, where it crosses each target
+    def b_simple_at(i: int, step: float) -> float:
+        if i < 0:
+            return math.nan
+        c = curves[i]
+        return interp_at_step(c.steps if c.b_simple_step is None else c.b_simple_step, c.b_simple, step)
+
+    bsimple_KR = np.array([[b_simple_at(i, s) for i, s in zip(run_R, s_R)]
+                           for run_R, s_R in zip(best["run"], steps_KR)])
+    sizes = [int(b) for b in b_R]
+    warnings = [
+        f"batch size {b}: the best learning rate is at the {'low' if lr == lrs[0] else 'high'} edge of its grid "
+        f"({lr:.3g}) for target loss {t:.4g}; extend the grid (batch-sweep --extend-grid)"
+        for k, t in enumerate(targets_K)
+        for b, lr, lrs, edge in zip(sizes, best["lr"][k], best["lrs"], best["at_edge"][k])
+        if edge
+    ]
 
     out_targets = []
     for k, loss in enumerate(targets_K):
@@ -537,11 +658,11 @@ def analyze_sweep(
                 "B_crit": _interval(bcrit_NK[:, k]),
             },
             "b_simple": float(np.median(bs_ok)) if len(bs_ok) else None,
-            "b_simple_by_run": {str(c.batch_size): float(v) for c, v in zip(curves, bsimple_KR[k])},
+            "b_simple_by_run": {str(b): float(v) for b, v in zip(sizes, bsimple_KR[k])},
             "runs": [
-                {"batch_size": c.batch_size, "steps": float(s), "examples": float(c.batch_size * s),
-                 "tokens": float(c.batch_size * s * seq_len)}
-                for c, s in zip(curves, steps_KR[k])
+                {"batch_size": b, "steps": float(s), "examples": float(b * s), "tokens": float(b * s * seq_len),
+                 "lr": float(lr), "run": curves[i].name if i >= 0 else None, "lr_at_edge": bool(edge)}
+                for b, s, lr, i, edge in zip(sizes, steps_KR[k], best["lr"][k], best["run"][k], best["at_edge"][k])
             ],
             "advice": _advice(b_R, steps_KR[k], fit, seq_len),
         })
@@ -551,9 +672,16 @@ def analyze_sweep(
         "seq_len": seq_len,
         "units": {"loss": "nats/token", "S": "steps", "E": "examples (sequences)", "B": "sequences",
                   "*_tokens": "tokens (sequences x seq_len)"},
-        "batch_sizes": [c.batch_size for c in curves],
+        "batch_sizes": sizes,
+        "loss_curve": {"source": curves[0].source, "smooth_rel_width": curves[0].rel_width, "monotone": True},
         "runs": [{"name": c.name, "batch_size": c.batch_size, "lr": c.lr, "complete": c.complete,
                   "last_step": float(c.steps[-1]), "min_smoothed_loss": float(np.min(c.loss))} for c in curves],
+        "lr_by_batch": {
+            str(b): {"lrs": [float(x) for x in lrs], "best_lr": [float(x) for x in best["lr"][:, j]],
+                     "at_edge": [bool(x) for x in best["at_edge"][:, j]]}
+            for j, (b, lrs) in enumerate(zip(sizes, best["lrs"]))
+        },
+        "warnings": warnings,
         "targets": out_targets,
         "B_star": law["B_star"],
         "B_star_tokens": law["B_star"] * seq_len,
@@ -564,10 +692,12 @@ def analyze_sweep(
             "alpha_B": _interval(_alpha(slope_N)),
             "inv_alpha_B": _interval(-slope_N),
         },
-        "b_simple": {"loss": [float(t) for t in targets_K], "B_simple": [o["b_simple"] for o in out_targets]},
+        "b_simple": {"loss": [float(t) for t in targets_K], "B_simple": [o["b_simple"] for o in out_targets],
+                     "negative_values": "kept (noise; never filtered by sign)"},
         "bcrit_rises_as_loss_falls": bool(np.all(np.diff(bcrit_K) > 0)) if n_k >= 2 else None,
         "bootstrap": {"n": int(n_bootstrap), "method": ci_method, "level": CI_LEVEL, "seed": seed,
-                      "n_failed": int(np.sum(~np.all(np.isfinite(bcrit_NK), axis=1)))},
+                      "n_failed": int(np.sum(~np.all(np.isfinite(bcrit_NK), axis=1))),
+                      "unit": "batch sizes (each with its best learning rate per target)"},
     }
 
 
