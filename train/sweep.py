@@ -2,14 +2,23 @@
 
 Layout of a sweep directory (docs/interfaces.md)::
 
-    SWEEP_DIR/sweep.json      {"kind": "batch-sweep", "batch_sizes", "lr_rule", "runs": {"<B>": "<subdir>"}, ...}
+    SWEEP_DIR/sweep.json      {"kind": "batch-sweep", "batch_sizes", "lr_rule", "runs": {"<B>": "<subdir>"},
+                               "grid": {"<B>": {"<subdir>": lr}}, ...}
+    SWEEP_DIR/b<B>_lr<lr>/    one run dir per (B, lr)          (rule grid, the default)
     SWEEP_DIR/b<B>/           one run dir per batch size       (rules sqrt | linear | fixed)
-    SWEEP_DIR/b<B>_lr<lr>/    one run dir per (B, lr)          (rule grid; "runs" maps B to the best)
 
 Learning rate per batch size B (sequences), from the base ``lr`` at ``base_batch`` B0:
-``sqrt``: lr·sqrt(B/B0) (the usual Adam rule), ``linear``: lr·B/B0 (SGD's), ``fixed``: lr, and
-``grid``: each of ``lr_grid`` factors × the sqrt rule, keeping the run with the lowest final
-eval loss.
+``grid`` (default): each of ``lr_grid`` factors (default 0.25, 0.5, 1, 2, 4: five, 2× apart) × the
+sqrt rule, i.e. a tuned learning rate per batch size as McCandlish et al. (2018), Shallue et al.
+(2019) and Zhang et al. (2024) assume: ``fit-batch`` takes, per target loss, the minimum steps over
+a batch size's learning rates. ``sqrt``: lr·sqrt(B/B0) (the usual Adam rule), ``linear``: lr·B/B0
+(SGD's), ``fixed``: lr — one untuned run per batch size, biased (README: on McCandlish's model a
+base lr 4× too small makes B_crit come out 1.5–3.3× too large).
+
+``"runs"`` maps each B to its run with the lowest final eval loss; ``"grid"`` lists every run of B
+with its lr. ``extend_grid`` = k: when that best run is at the smallest or largest factor, one more
+run at the next factor out (2× beyond the edge, the grid's own ratio) is trained, at most k times per
+batch size (``"extended"`` lists them).
 
 Defaults chosen for measuring steps-to-target (see scaling/critical_batch.py): a ``constant``
 schedule after warmup (a cosine tied to each run's own length would make the loss at a given
@@ -32,7 +41,8 @@ from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.train.config import TrainConfig, validate
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
-DEFAULT_LR_GRID = (0.5, 1.0, 2.0)
+DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule
+DEFAULT_LR_RULE = "grid"
 MIN_BATCH_SIZES = 3  # the S-E hyperbola has two parameters
 SWEEP_FILE = "sweep.json"
 WARMUP_FRACTION = 0.05  # of the shortest run (the largest batch), in steps, shared by all runs
@@ -69,7 +79,7 @@ def plan_sweep(
     base: TrainConfig,
     batch_sizes: Sequence[int],
     *,
-    lr_rule: str = "sqrt",
+    lr_rule: str = DEFAULT_LR_RULE,
     base_batch: int | None = None,
     lr_grid: Sequence[float] = DEFAULT_LR_GRID,
     out: str | Path,
@@ -101,26 +111,33 @@ def plan_sweep(
     if b0 < 1:
         raise UserError(f"--base-batch must be positive, got {b0}")
     factors = tuple(float(f) for f in lr_grid) if lr_rule == "grid" else (1.0,)
-    if lr_rule == "grid" and (len(factors) < 2 or any(not f > 0 for f in factors)):
-        raise UserError(f"--lr-grid needs at least two positive factors, got {list(lr_grid)}")
+    if lr_rule == "grid" and (len(set(factors)) < 2 or any(not f > 0 for f in factors)):
+        raise UserError(f"--lr-grid needs at least two distinct positive factors, got {list(lr_grid)}")
     shortest = max(1, math.ceil(base.tokens / (sizes[-1] * base.seq_len)))
     warmup = base.warmup if base.warmup is not None else max(1, round(WARMUP_FRACTION * shortest))
-    out = Path(out)
-    runs = []
-    for b in sizes:
-        centre = lr_for(lr_rule, base.lr, b0, b)
-        for f in factors:
-            lr = centre * f
-            subdir = f"b{b}" if lr_rule != "grid" else f"b{b}_lr{_lr_tag(lr)}"
-            steps = max(1, math.ceil(base.tokens / (b * base.seq_len)))
-            cfg = dataclasses.replace(
-                base, name=subdir, batch_size=b, lr=lr, warmup=warmup, out=str(out / subdir), resume=True,
-                log_every=log_every or max(1, steps // 500),
-                eval_every=eval_every if eval_every is not None else max(1, steps // 20),
-                checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, steps // 10),
-            )
-            runs.append(SweepRun(b, lr, subdir, validate(cfg)))
-    return runs
+    cadence = dict(log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
+    return [
+        sweep_run(base, b, lr_for(lr_rule, base.lr, b0, b) * f, out=out, warmup=warmup, grid=lr_rule == "grid",
+                  **cadence)
+        for b in sizes
+        for f in sorted(set(factors))
+    ]
+
+
+def sweep_run(
+    base: TrainConfig, batch_size: int, lr: float, *, out: str | Path, warmup: int, grid: bool,
+    log_every: int | None = None, eval_every: int | None = None, checkpoint_every: int | None = None,
+) -> SweepRun:
+    """One run of a sweep at (``batch_size``, ``lr``) into ``out/<subdir>`` (see :func:`plan_sweep`)."""
+    subdir = f"b{batch_size}_lr{_lr_tag(lr)}" if grid else f"b{batch_size}"
+    steps = max(1, math.ceil(base.tokens / (batch_size * base.seq_len)))
+    cfg = dataclasses.replace(
+        base, name=subdir, batch_size=batch_size, lr=lr, warmup=warmup, out=str(Path(out) / subdir), resume=True,
+        log_every=log_every or max(1, steps // 500),
+        eval_every=eval_every if eval_every is not None else max(1, steps // 20),
+        checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, steps // 10),
+    )
+    return SweepRun(batch_size, lr, subdir, validate(cfg))
 
 
 def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: Sequence[float]) -> dict[str, Any]:
@@ -139,14 +156,30 @@ def _final_eval(summary: dict[str, Any]) -> float:
     return v if math.isfinite(v) else math.inf
 
 
+def edge_extension(results: dict[float, float]) -> float | None:
+    """The next learning rate to try when the best of ``results`` ({lr: final eval loss}) is at an
+    edge of the tried ones: one grid ratio (that between the edge and its neighbour) beyond it; else
+    None. A best loss that is not finite (every run diverged) gives None."""
+    lrs = sorted(results)
+    best = min(lrs, key=lambda lr: (results[lr], lr))
+    if len(lrs) < 2 or not math.isfinite(results[best]):
+        return None
+    if best == lrs[0]:
+        return lrs[0] * lrs[0] / lrs[1]
+    if best == lrs[-1]:
+        return lrs[-1] * lrs[-1] / lrs[-2]
+    return None
+
+
 def run_sweep(
     base: TrainConfig,
     batch_sizes: Sequence[int],
     *,
     out: str | Path,
-    lr_rule: str = "sqrt",
+    lr_rule: str = DEFAULT_LR_RULE,
     base_batch: int | None = None,
     lr_grid: Sequence[float] = DEFAULT_LR_GRID,
+    extend_grid: int = 0,
     train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
     **cadence: int | None,
@@ -155,13 +188,17 @@ def run_sweep(
 
     ``train_fn`` defaults to :func:`scalinglab.train.loop.train`. A sweep dir may be continued with
     more batch sizes, but not with different shared settings (model, data, tokens, lr rule...).
+    ``extend_grid`` (grid rule only): up to that many extra runs per batch size beyond an edge optimum.
     ``cadence``: ``log_every``, ``eval_every``, ``checkpoint_every`` for :func:`plan_sweep`.
     """
+    if extend_grid < 0:
+        raise UserError(f"--extend-grid must be >= 0, got {extend_grid}")
     out = Path(out)
     meta_path = out / SWEEP_FILE
     settings = _settings(base, lr_rule, base_batch, lr_grid)
     meta: dict[str, Any] = {"kind": "batch-sweep", "batch_sizes": [], "lr_rule": lr_rule, "runs": {},
-                            "settings": settings, "warmup": None, "lr": {}, "candidates": {}}
+                            "settings": settings, "warmup": None, "lr": {}, "candidates": {}, "grid": {},
+                            "extended": {}}
     if meta_path.exists():
         try:
             old = read_json(meta_path)
@@ -172,16 +209,18 @@ def run_sweep(
         if old.get("settings") != settings:
             diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
             raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
-        meta.update({k: old[k] for k in ("runs", "lr", "candidates") if isinstance(old.get(k), dict)})
+        meta.update({k: old[k] for k in ("runs", "lr", "candidates", "grid", "extended") if isinstance(old.get(k), dict)})
         meta["batch_sizes"] = list(old.get("batch_sizes") or [])
         if base.warmup is None and isinstance(old.get("warmup"), int):
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
     runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out,
                       **cadence)
-    meta["warmup"] = runs[0].config.warmup
+    warmup = runs[0].config.warmup
+    meta["warmup"] = warmup
     meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})
-    if lr_rule != "grid":  # one run per batch size: list it from the start so fit-batch can watch progress
-        for r in runs:
+    for r in runs:  # every planned run listed from the start, so fit-batch can watch progress
+        meta["grid"].setdefault(str(r.batch_size), {})[r.subdir] = r.lr
+        if lr_rule != "grid":
             meta["runs"][str(r.batch_size)] = r.subdir
             meta["lr"][str(r.batch_size)] = r.lr
     atomic_write_json(meta_path, meta)
@@ -189,25 +228,38 @@ def run_sweep(
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn  # heavy import only when training
     log = log or (lambda msg: None)
+
+    def train_one(r: SweepRun) -> dict[str, Any]:
+        summary_path = Path(r.config.out) / "summary.json"
+        if summary_path.exists():
+            log(f"[batch-sweep] {r.subdir}: finished, skipped")
+            return read_json(summary_path)
+        state = "resuming" if Path(r.config.out).exists() else "training"
+        log(f"[batch-sweep] {r.subdir}: {state} (B={r.batch_size}, lr={r.lr:.4g}, "
+            f"{r.config.total_steps()} steps, warmup {r.config.warmup})")
+        summary = train_fn(r.config)
+        if summary.get("status") != "complete":
+            atomic_write_json(meta_path, meta)
+            raise UserError(f"run {r.subdir} stopped ({summary.get('status')}); rerun batch-sweep to resume")
+        return summary
+
     by_batch: dict[int, list[SweepRun]] = {}
     for r in runs:
         by_batch.setdefault(r.batch_size, []).append(r)
     for b, group in by_batch.items():
-        results = {}
-        for r in group:
-            summary_path = Path(r.config.out) / "summary.json"
-            if summary_path.exists():
-                log(f"[batch-sweep] {r.subdir}: finished, skipped")
-                summary = read_json(summary_path)
-            else:
-                state = "resuming" if Path(r.config.out).exists() else "training"
-                log(f"[batch-sweep] {r.subdir}: {state} (B={b}, lr={r.lr:.4g}, "
-                    f"{r.config.total_steps()} steps, warmup {r.config.warmup})")
-                summary = train_fn(r.config)
-                if summary.get("status") != "complete":
-                    atomic_write_json(meta_path, meta)
-                    raise UserError(f"run {r.subdir} stopped ({summary.get('status')}); rerun batch-sweep to resume")
-            results[r.subdir] = (summary, r.lr)
+        results = {r.subdir: (train_one(r), r.lr) for r in group}
+        for _ in range(extend_grid if lr_rule == "grid" else 0):
+            lr_next = edge_extension({lr: _final_eval(summ) for summ, lr in results.values()})
+            if lr_next is None:
+                break
+            r = sweep_run(base, b, lr_next, out=out, warmup=warmup, grid=True, **cadence)
+            log(f"[batch-sweep] B={b}: best lr at the edge of the grid, extending it to {lr_next:.4g}")
+            meta["grid"][str(b)][r.subdir] = r.lr
+            extended = meta["extended"].setdefault(str(b), [])
+            if r.lr not in extended:
+                extended.append(r.lr)
+            atomic_write_json(meta_path, meta)
+            results[r.subdir] = (train_one(r), r.lr)
         best = min(results, key=lambda k: _final_eval(results[k][0]))
         meta["runs"][str(b)] = best
         meta["lr"][str(b)] = results[best][1]

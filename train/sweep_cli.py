@@ -10,7 +10,7 @@ from scalinglab.cli import emit_json, parse_set
 from scalinglab.errors import UserError
 from scalinglab.train.cli import parse_mesh
 from scalinglab.train.config import DTYPES, SCHEDULES, TrainConfig, validate
-from scalinglab.train.sweep import DEFAULT_LR_GRID, LR_RULES, run_sweep
+from scalinglab.train.sweep import DEFAULT_LR_GRID, DEFAULT_LR_RULE, LR_RULES, run_sweep
 
 
 def _numbers(text: str, flag: str, kind=int) -> list:
@@ -63,6 +63,7 @@ def _handler(args: argparse.Namespace) -> int:
     lr_grid = _numbers(args.lr_grid, "--lr-grid", float)
     meta = run_sweep(
         base, batch_sizes, out=args.out, lr_rule=args.lr_rule, base_batch=args.base_batch, lr_grid=lr_grid,
+        extend_grid=args.extend_grid,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
     )
@@ -88,12 +89,17 @@ def register(subparsers: Any) -> None:
     a("--preset", default=TrainConfig.preset, help="model preset (default %(default)s)")
     a("--set", action="append", metavar="KEY=VALUE", help="override a model field (repeatable)")
     a("--batch-sizes", default="8,16,32,64,128", help="global batch sizes in sequences (default %(default)s)")
-    a("--lr-rule", choices=LR_RULES, default="sqrt",
-      help="lr per batch size from --lr at --base-batch: sqrt (lr*sqrt(B/B0), default), linear (lr*B/B0), "
-           "fixed, or grid (--lr-grid factors x the sqrt rule, keeping the best final eval loss)")
+    a("--lr-rule", choices=LR_RULES, default=DEFAULT_LR_RULE,
+      help="lr per batch size from --lr at --base-batch: grid (default: --lr-grid factors x the sqrt rule, one run "
+           "each; fit-batch takes the fewest steps over a batch size's lrs per target), sqrt (lr*sqrt(B/B0)), "
+           "linear (lr*B/B0) or fixed (one untuned run per batch size: biased, see the README)")
     a("--lr", type=float, default=None, help=f"peak lr at --base-batch (default {TrainConfig.lr})")
     a("--base-batch", type=int, default=None, help="batch size B0 at which --lr applies (default: the smallest)")
-    a("--lr-grid", default=",".join(str(f) for f in DEFAULT_LR_GRID), help="lr factors for --lr-rule grid")
+    a("--lr-grid", default=",".join(str(f) for f in DEFAULT_LR_GRID),
+      help="lr factors for --lr-rule grid (default %(default)s: five, 2x apart)")
+    a("--extend-grid", type=int, nargs="?", const=2, default=0, metavar="K",
+      help="when a batch size's best final eval loss is at the smallest or largest lr of its grid, train one more "
+           "lr 2x beyond it, up to K times per batch size (K defaults to 2 when the flag is given alone)")
     a("--tokens", required=True, help="training tokens of every run (e.g. 2e6)")
     a("--out", required=True, help="sweep directory")
     a("--dataset", default=None, help=f"prepared dataset (default {TrainConfig.dataset})")

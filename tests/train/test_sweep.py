@@ -89,18 +89,20 @@ class FakeTrain:
 def test_sweep_resumes_partial_and_skips_finished(tmp_path):
     fake = FakeTrain(stop_at=32)
     with pytest.raises(UserError, match="rerun batch-sweep to resume"):
-        sw.run_sweep(base(), [8, 16, 32, 64], out=tmp_path, train_fn=fake)
+        sw.run_sweep(base(), [8, 16, 32, 64], out=tmp_path, train_fn=fake, lr_rule="sqrt")
     assert [c[0] for c in fake.calls] == [8, 16, 32]
     meta = read_json(tmp_path / "sweep.json")
     assert meta["kind"] == "batch-sweep" and meta["batch_sizes"] == [8, 16, 32, 64]
     assert meta["runs"] == {"8": "b8", "16": "b16", "32": "b32", "64": "b64"} and meta["lr_rule"] == "sqrt"
     fake2 = FakeTrain()
-    sw.run_sweep(base(), [8, 16, 32, 64], out=tmp_path, train_fn=fake2)
+    sw.run_sweep(base(), [8, 16, 32, 64], out=tmp_path, train_fn=fake2, lr_rule="sqrt")
     assert [c[0] for c in fake2.calls] == [32, 64]  # finished runs skipped
     assert all(c[2] for c in fake2.calls)  # resume=True: partial runs continue from their checkpoint
     # a sweep with other shared settings may not reuse the directory
     with pytest.raises(UserError, match="different settings"):
-        sw.run_sweep(base(tokens=999_999), [8, 16, 32], out=tmp_path, train_fn=fake2)
+        sw.run_sweep(base(tokens=999_999), [8, 16, 32], out=tmp_path, train_fn=fake2, lr_rule="sqrt")
+    with pytest.raises(UserError, match="different settings"):  # nor another lr rule (the default is grid)
+        sw.run_sweep(base(), [8, 16, 32], out=tmp_path, train_fn=fake2)
 
 
 def test_grid_keeps_best_final_eval_loss(tmp_path):
@@ -114,6 +116,51 @@ def test_grid_keeps_best_final_eval_loss(tmp_path):
         assert meta["lr"][str(bs)] == pytest.approx(lr)
         assert meta["runs"][str(bs)] == f"b{bs}_lr{sw._lr_tag(lr)}"
         assert (tmp_path / meta["runs"][str(bs)] / "summary.json").exists()
+
+
+def test_default_is_a_five_point_grid_listed_in_sweep_json(tmp_path):
+    meta = sw.run_sweep(base(lr=1e-3), [8, 32, 128], out=tmp_path, base_batch=32, train_fn=FakeTrain())
+    assert meta["lr_rule"] == "grid" and sw.DEFAULT_LR_GRID == (0.25, 0.5, 1.0, 2.0, 4.0)
+    for b in (8, 32, 128):
+        lrs = sorted(meta["grid"][str(b)].values())
+        centre = 1e-3 * math.sqrt(b / 32)
+        assert lrs == pytest.approx([f * centre for f in (0.25, 0.5, 1.0, 2.0, 4.0)])
+        assert all((tmp_path / sub / "summary.json").exists() for sub in meta["grid"][str(b)])
+    assert meta["extended"] == {}
+
+
+def test_extend_grid_follows_an_edge_optimum_until_it_is_interior(tmp_path):
+    """B=8: loss falls with lr up to 8x the centre, so the grid (top 4x) is extended to 8x (still the best,
+    an edge) then 16x (worse): the optimum 8x is interior and extension stops. B=16/32: interior, nothing added."""
+    b = base(lr=1e-3)
+
+    def loss(bs, lr):
+        centre = 1e-3 * math.sqrt(bs / 8)
+        x = math.log2(lr / centre)
+        return 2.0 + 0.01 * (x - (3.0 if bs == 8 else 0.0)) ** 2
+
+    class Fake(FakeTrain):
+        def __call__(self, cfg):
+            self.losses[(cfg.batch_size, round(cfg.lr, 12))] = loss(cfg.batch_size, cfg.lr)
+            return super().__call__(cfg)
+
+    fake = Fake()
+    meta = sw.run_sweep(b, [8, 16, 32], out=tmp_path, extend_grid=3, train_fn=fake)
+    assert meta["extended"] == {"8": pytest.approx([8e-3, 16e-3])}
+    assert meta["lr"]["8"] == pytest.approx(8e-3) and len(meta["grid"]["8"]) == 7
+    assert len(meta["grid"]["16"]) == 5 and meta["lr"]["16"] == pytest.approx(1e-3 * math.sqrt(2))
+    assert len(fake.calls) == 17
+    again = Fake()  # a rerun replays the same decisions from the summaries and trains nothing
+    assert sw.run_sweep(b, [8, 16, 32], out=tmp_path, extend_grid=3, train_fn=again) == meta and again.calls == []
+    with pytest.raises(UserError, match="extend-grid"):
+        sw.run_sweep(b, [8, 16, 32], out=tmp_path, extend_grid=-1, train_fn=again)
+
+
+def test_edge_extension_rule():
+    assert sw.edge_extension({1.0: 3.0, 2.0: 2.5, 4.0: 2.0}) == 8.0
+    assert sw.edge_extension({1.0: 2.0, 2.0: 2.5, 4.0: 3.0}) == 0.5
+    assert sw.edge_extension({1.0: 2.5, 2.0: 2.0, 4.0: 3.0}) is None
+    assert sw.edge_extension({1.0: math.inf, 2.0: math.inf}) is None
 
 
 def _cli(*args, env=None, timeout=300):
@@ -144,7 +191,7 @@ def test_tiny_sweep_end_to_end_gives_finite_positive_bcrit(tmp_path, data_dir, d
     sweep_dir = tmp_path / "sweep"
     cmd = ["batch-sweep", "--preset", "gpt2-tiny", "--set", "n_layer=1", "--dataset", dataset_name,
            "--data-dir", data_dir, "--seq-len", "32", "--batch-sizes", "4,8,16", "--tokens", str(32 * 32 * 60),
-           "--lr", "3e-3", "--base-batch", "8", "--checkpoint-every", "0", "--eval-every", "0",
+           "--lr", "3e-3", "--lr-rule", "sqrt", "--base-batch", "8", "--checkpoint-every", "0", "--eval-every", "0",
            "--out", str(sweep_dir)]
     proc = _cli(*cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
