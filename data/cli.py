@@ -24,16 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="build a dataset under the data dir",
         description=(
-            "Build NAME (local_text, local_text/bpe, synthetic_markov, or BUILDER/VARIANT) "
-            "under the data dir; --config key=value overrides builder and tokenizer fields."
+            "Build NAME (local_text, local_text/bpe, synthetic_markov, files/NAME for your own corpus, "
+            "or BUILDER/VARIANT) under the data dir; --config key=value overrides builder and tokenizer "
+            "fields. Your own corpus: --dataset files/NAME --config files=GLOB[,GLOB...] "
+            "[--config text_field=text] [--config tokenizer=bytes|PATH.json|PATH.model|PATH.tiktoken|ENCODING] "
+            "[--config eos=TOKEN] [--config validation_fraction=F | validation_files=GLOB] "
+            "[--config on_error=stop|skip] [--config vocab_multiple=128] [--workers N]."
         ),
     )
     prep.add_argument("--dataset", default="local_text", metavar="NAME", help="dataset name (default local_text)")
     prep.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. root=DIR, pattern='**/*.txt', tokenizer=bpe, "
-        "bpe_vocab_size=4096, vocab=64, order=3 (repeatable)",
+        "bpe_vocab_size=4096, vocab=64, order=3, files='shards/*.jsonl.zst' (repeatable)",
     )
+    prep.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="tokenising processes for files/NAME (default: the CPU count)")
     prep.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     prep.add_argument("--json", action="store_true", help="print the stats as JSON")
     prep.set_defaults(func=_prepare)
@@ -74,11 +80,20 @@ def _stats_dict(ds, seq_len: int | None = None, batch_size: int | None = None) -
 def _print_text(s: dict[str, Any]) -> None:
     w = sys.stdout.write
     w(f"dataset      {s['dataset']}  ({s['directory']})\n")
-    w(f"tokenizer    {s['tokenizer']}  vocab_size {s['vocab_size']}  separator_id {s['separator_id']}\n")
+    w(f"tokenizer    {s['tokenizer']}  vocab_size {s['vocab_size']}  separator_id {s['separator_id']}")
+    spec = s.get("tokenizer_spec")
+    if spec:
+        eos = f", eos {spec['eos']!r}" if spec["eos"] else ""
+        w(f"  ({spec['source']}{eos}, {spec['vocab_size']} ids)")
+    w("\n")
     for split, d in s["splits"].items():
         w(f"{split:<12} {d['documents']:>10,} documents  {d['tokens']:>14,} tokens"
           f"  ({d['document_tokens']:,} + {d['documents']:,} separators)\n")
     w(f"total        {s['total_tokens']:>40,} tokens\n")
+    skipped = s.get("skipped_records")
+    if skipped or s.get("empty_documents"):
+        bad = ", ".join(f"{n:,} {kind}" for kind, n in sorted((skipped or {}).items())) or "none"
+        w(f"skipped      bad records: {bad}; empty documents: {s.get('empty_documents', 0):,}\n")
     if s["entropy_rate"] is not None:
         w(f"entropy_rate {s['entropy_rate']:.6f} nats/token (irreducible loss, context >= order)\n")
         cond = ", ".join(f"{h:.4f}" for h in s["conditional_entropies"])
@@ -94,7 +109,7 @@ def _print_text(s: dict[str, Any]) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from scalinglab.data import pipeline
 
-    ds = pipeline.prepare_dataset(args.dataset, args.data_dir, parse_set(args.config))
+    ds = pipeline.prepare_dataset(args.dataset, args.data_dir, parse_set(args.config), workers=args.workers)
     s = _stats_dict(ds)
     if args.json:
         emit_json(s)

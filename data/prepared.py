@@ -37,7 +37,7 @@ from scalinglab.fileio import atomic_write_json, read_json, temp_dir_beside
 MANIFEST = "prepared.json"
 FORMAT_VERSION = 2  # 2: local_text documents are line-aligned chunks of files
 SPLITS = ("train", "validation")
-BUILDERS = ("local_text", "synthetic_markov")
+BUILDERS = ("local_text", "synthetic_markov", "files")
 # Named variants (``BUILDER/VARIANT``) with preset configs; any other variant name starts
 # from the builder defaults. ``--config`` overrides apply on top.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -60,7 +60,8 @@ def _builder_parts(builder: str):
         from scalinglab.data.synthetic_markov import SyntheticMarkov, SyntheticMarkovConfig
 
         return SyntheticMarkov, SyntheticMarkovConfig, "tokens", "ids"
-    raise UserError(f"unknown dataset builder {builder!r}; choose one of {', '.join(BUILDERS)}")
+    raise UserError(f"unknown dataset builder {builder!r}; choose one of {', '.join(BUILDERS)} "
+                    "(your own corpus: files/NAME --config files=GLOB)")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -141,14 +142,21 @@ def _tfds_build_output_silenced():
         absl_logging.set_verbosity(level)
 
 
-def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None):
+def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None,
+                    workers: int | None = None):
     """Build dataset ``name`` under the data dir and return it as a :class:`PreparedDataset`.
 
     ``config`` overrides builder fields (e.g. ``root``, ``pattern``, ``vocab``, ``order``)
-    and the tokenizer (``tokenizer``, ``bpe_vocab_size``). An existing prepared copy is
-    replaced atomically.
+    and the tokenizer (``tokenizer``, ``bpe_vocab_size``); for ``files/NAME`` see
+    :mod:`scalinglab.data.files_builder` (``workers``: tokenising processes, that builder only).
+    An existing prepared copy is replaced atomically.
     """
     builder_name, _ = datadir.split_name(name)
+    if builder_name == "files":
+        from scalinglab.data import files_builder
+
+        files_builder.prepare(name, data_dir, config, workers)
+        return load_dataset(name, data_dir)
     cfg = resolve_config(name, config)
     _validate_builder_config(builder_name, cfg)
     builder_cls, cfg_cls, feature, _ = _builder_parts(builder_name)
@@ -260,8 +268,17 @@ class PreparedDataset:
     def conditional_entropies(self) -> list[float] | None:
         return self.manifest.get("conditional_entropies")
 
+    @property
+    def stores_tokens(self) -> bool:
+        """True when the records are token ids (the ``files`` builder), not text to tokenise."""
+        return self.manifest.get("storage") == "tokens"
+
     @cached_property
     def tokenizer(self):
+        if "tokenizer_spec" in self.manifest:
+            from scalinglab.data import corpus_tokenizers
+
+            return corpus_tokenizers.load_saved(self.manifest["tokenizer_spec"], self.directory)
         return tokenizers.load_tokenizer(
             self.tokenizer_name, self.directory, vocab=self.manifest["config"].get("vocab")
         )
@@ -275,6 +292,11 @@ class PreparedDataset:
         """Random-access TFDS source of ``split`` (``len()``, ``[i]`` → feature dict)."""
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if self.stores_tokens:  # records: bytes of token ids; "[0:n]" spares opening every shard
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+            shards = self.manifest["shards"][split]
+            return ArrayRecordDataSource([f"{self.directory / rel}[0:{n}]" for rel, n in shards])
         return self._tfds_builder.as_data_source(split)
 
     def n_documents(self, split: str = "train") -> int:
@@ -285,8 +307,11 @@ class PreparedDataset:
         return int(self.manifest["splits"][split]["tokens"])
 
     def document_tokens(self, record: Mapping[str, Any]) -> np.ndarray:
-        """int32[n + 1]: one TFDS record tokenised, followed by the separator."""
-        ids = self.tokenizer.encode(record[self.manifest["feature"]])
+        """int32[n + 1]: one record's tokens (stored, or the tokenised TFDS text), then the separator."""
+        if self.stores_tokens:
+            ids = np.frombuffer(record, dtype=np.dtype(self.manifest["token_dtype"]).newbyteorder("<"))
+        else:
+            ids = self.tokenizer.encode(record[self.manifest["feature"]])
         out = np.empty(len(ids) + 1, dtype=np.int32)
         out[:-1] = ids
         out[-1] = self.separator_id
@@ -311,6 +336,8 @@ class PreparedDataset:
             "total_tokens": sum(s["tokens"] for s in m["splits"].values()),
             "entropy_rate": self.entropy_rate,
             "conditional_entropies": self.conditional_entropies,
+            **{k: m[k] for k in ("tokenizer_spec", "tokenizer_vocab_size", "skipped_records", "empty_documents",
+                                 "sources") if k in m},
         }
 
 
@@ -344,7 +371,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Prepar
                 raise ValueError("document count mismatch")
             for i in {0, len(source) - 1}:  # shards open lazily: touch both ends
                 ds.document_tokens(source[i])
-        if ds.tokenizer.vocab_size != ds.vocab_size:
+        if ds.tokenizer.vocab_size != manifest.get("tokenizer_vocab_size", ds.vocab_size):
             raise ValueError("tokenizer vocabulary mismatch")
     except UserError:
         raise UserError(f"prepared dataset {name!r} in {directory} is corrupt: {fix}") from None
