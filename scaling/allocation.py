@@ -1,5 +1,6 @@
 """Compute-optimal allocation from a fitted law: given training FLOPs C, the parameter count
-N_opt, token count D_opt (C = 6·N·D for approach 3), tokens per parameter and, for approach 3,
+N_opt, token count D_opt (for approach 3 under the runs' exact C(N, D) when the fit carries a
+``flops_model``, else C = 6·N·D), tokens per parameter and, for approach 3,
 the predicted loss (nats/token); intervals from the fit's bootstrap samples (percentiles)."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def allocate(result: dict, flops: float) -> dict:
         raise UserError(f"FLOP budget must be positive, got {flops}")
     law = result.get("law")
     if law == "chinchilla":
-        n_opt, d_opt = chinchilla.compute_optimal(result["params"], c)
+        n_opt, d_opt = chinchilla.compute_optimal(result["params"], c, result.get("flops_model"))
         out = {"flops": c, "N_opt": float(n_opt), "D_opt": float(d_opt),
                "loss": float(chinchilla.predict_loss(result["params"], n_opt, d_opt))}
     elif law in ("isoflop", "envelope"):
@@ -30,11 +31,17 @@ def allocate(result: dict, flops: float) -> dict:
     else:
         raise UserError(f"compute-optimal allocation needs a chinchilla, isoflop or envelope fit, not {law}")
     out["tokens_per_param"] = out["D_opt"] / out["N_opt"]
+    if law == "chinchilla":
+        fm = result.get("flops_model")
+        out["constraint"] = "C = 6*N*D" if fm is None else (
+            f"C = D*{fm['c1']:.4g}*N" if fm.get("c0", 0.0) == 0.0 else "C = D*(c1*N + c0*N^gamma) (the runs' exact FLOPs)")
+    if result.get("params_convention"):
+        out["params_convention"] = result["params_convention"]
     samples = result.get("bootstrap_samples")
     if samples:
         s = {k: np.asarray(v, np.float64) for k, v in samples.items()}
         if law == "chinchilla":
-            n_k, d_k = chinchilla.compute_optimal(s, c)
+            n_k, d_k = chinchilla.compute_optimal(s, c, result.get("flops_model"))
             extra = {"loss": chinchilla.predict_loss(s, n_k, d_k)}
         else:
             n_k, d_k = isoflop.predict_optimum(s, c)

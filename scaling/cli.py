@@ -11,6 +11,9 @@ import numpy as np
 from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 from scalinglab.scaling.bootstrap import DEFAULT_RESAMPLES
+from scalinglab.scaling.load import KNOWN_COLUMNS, PARAMS_CONVENTIONS
+
+HUBER_DELTA = 1e-3  # = chinchilla.HUBER_DELTA (not imported here: that module imports jax)
 
 CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta", "a", "b")
 
@@ -37,6 +40,23 @@ def register(subparsers) -> None:
                    help="FLOP budget(s) for a compute-optimal allocation (chinchilla, isoflop, envelope)")
     p.add_argument("--starts", choices=["small", "hoffmann"], default="small",
                    help="approach-3 start grid: small (162 starts, default) or hoffmann (the paper's 4,500)")
+    p.add_argument("--params", choices=["auto", *PARAMS_CONVENTIONS], default="auto",
+                   help="which parameter count is N: non_embedding (Kaplan et al. 2020), total (Hoffmann et al. "
+                   "2022), with_head (non-embedding + output head, Porian et al. 2024); default auto = each law in "
+                   "its paper's convention: total for chinchilla/isoflop/envelope, non_embedding for kaplan-*. "
+                   "A CSV's params column is taken to be in this convention unless it has params_total / "
+                   "params_with_head columns")
+    p.add_argument("--columns", metavar="NAME=HEADER,...",
+                   help="map a CSV's headers onto the known columns, e.g. params=N,tokens=D,loss=val_loss,run=id "
+                   f"(known: {', '.join(KNOWN_COLUMNS)}); rows sharing a run column form one training curve")
+    p.add_argument("--huber-delta", type=float, default=HUBER_DELTA, metavar="DELTA",
+                   help=f"approach 3: Huber delta on log-loss residuals (default {HUBER_DELTA:g}, Hoffmann et al.)")
+    p.add_argument("--isoflop-keep", type=int, default=None, metavar="K",
+                   help="approach 2: fit each budget's parabola to the K sizes around its lowest loss only "
+                   "(default: all sizes)")
+    p.add_argument("--isoflop-window", type=float, default=None, metavar="F",
+                   help="approach 2: fit each parabola to the points within a factor (1+F) of the budget's lowest "
+                   "loss only (with --isoflop-keep: both)")
     p.add_argument("--include-incomplete", action="store_true",
                    help="use runs without summary.json (flagged) instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -45,7 +65,7 @@ def register(subparsers) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from scalinglab.scaling.load import load_source
+    from scalinglab.scaling.load import load_source, parse_columns
 
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be >= 0")
@@ -57,7 +77,13 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError("--flops needs --law chinchilla, isoflop or envelope")
     if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
         raise UserError(f"--plot {args.plot}: exists and is not a directory")
-    table = load_source(args.source, include_incomplete=args.include_incomplete)
+    if not (np.isfinite(args.huber_delta) and args.huber_delta > 0):
+        raise UserError("--huber-delta must be positive")
+    if args.isoflop_keep is not None and args.isoflop_keep < 3:
+        raise UserError("--isoflop-keep must be at least 3 (a parabola has 3 coefficients)")
+    if args.isoflop_window is not None and not args.isoflop_window > 0:
+        raise UserError("--isoflop-window must be positive")
+    table = load_source(args.source, include_incomplete=args.include_incomplete, columns=parse_columns(args.columns))
 
     # heavier imports (jax) only once the input is known to be good
     from scalinglab.scaling import chinchilla
@@ -66,8 +92,13 @@ def run_fit(args: argparse.Namespace) -> int:
     from scalinglab.scaling.laws import fit_law
     from scalinglab.scaling.powerlaw import strip_samples
 
+    from scalinglab.scaling.laws import resolve_convention
+
+    table = table.with_params(resolve_convention(args.law, args.params))
     starts = chinchilla.hoffmann_grid() if args.starts == "hoffmann" else chinchilla.small_grid()
-    fit_kw = {"starts": starts} if args.law == "chinchilla" else {}
+    fit_kw = {"starts": starts, "huber_delta": args.huber_delta} if args.law == "chinchilla" else {}
+    if args.law == "isoflop":
+        fit_kw = {"isoflop_keep": args.isoflop_keep, "isoflop_window": args.isoflop_window}
     result = fit_law(table, args.law, n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, **fit_kw)
     allocation = [allocate(result, c) for c in (args.flops or [])]
     held = holdout(table, args.law, args.holdout, **fit_kw) if args.holdout else None
@@ -116,6 +147,8 @@ def format_text(out: dict) -> str:
     """Human-readable summary of a fit (the non ``--json`` output)."""
     lines = [f"law: {out['law']}   {out['formula']}",
              f"source: {out['source']} ({out['n_runs']} runs, {out['n_points']} points used)"]
+    if out.get("params_convention"):
+        lines.append(f"N = {out['params_convention']} parameters ({out.get('params_source', '')})")
     ci = out.get("ci", {})
     if ci:
         lines.append(f"{out['ci_level']:.0%} bootstrap intervals from {out['n_bootstrap']} resamples")
@@ -148,4 +181,6 @@ def format_text(out: dict) -> str:
                      f"max |error| {h['max_abs_error']:.4g} ({h['error_kind']})")
     if out.get("plots"):
         lines.append("plots: " + ", ".join(out["plots"]))
+    for w in out.get("warnings", []):
+        lines.append(f"warning: {w}")
     return "\n".join(lines) + "\n"

@@ -49,7 +49,9 @@ def holdout(table: RunTable, law: str, k: int, **fit_kw) -> dict:
         fit = fit_law(table.subset(~held), law, **fit_kw)
         if law == "isoflop":
             sub = table.subset(held)
-            profs, _ = isoflop_profiles(sub.params, sub.tokens, sub.flops, sub.loss)
+            sel = fit.get("selection") or {}
+            profs, _, _ = isoflop_profiles(sub.params, sub.tokens, sub.flops, sub.loss, keep=sel.get("keep"),
+                                           loss_window=sel.get("loss_window"))
             measured = [(p["flops"], p["N_opt"]) for p in profs]
         else:
             env = envelope_points(table)

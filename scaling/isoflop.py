@@ -2,12 +2,16 @@
 
 Runs are grouped into FLOP budgets (:func:`scalinglab.scaling.budgets.group_budgets`); in each
 budget with at least 3 distinct model sizes the final loss is fitted by a parabola in
-``x = ln N`` (N parameters), ``L ≈ p0 + p1·x + p2·x²``; its vertex gives ``N_opt(C)``, and
-``D_opt(C) = C / (k·N_opt)`` with ``k = C/(N·D)`` of that budget (6 when FLOPs = 6ND).
+``x = ln N`` (N parameters), ``L ≈ p0 + p1·x + p2·x²`` (optionally on the points near the
+budget's lowest loss only, :func:`select_near_minimum`); its vertex gives ``N_opt(C)``, and
+``D_opt(C) = C / (k·N_opt)`` with ``k = C/(N·D)`` of the budget's runs interpolated at the
+vertex (6 when FLOPs = 6ND). A budget whose vertex lies outside its sampled sizes is an
+extrapolation, not a measurement: it is excluded, with a warning.
 Power laws ``N_opt = k_N·C^a`` and ``D_opt = k_D·C^b`` (C in FLOPs) are fitted in log space.
 
 Bootstrap: points are resampled with replacement *within each budget* (count weights), every
-parabola is refitted (one batched weighted least-squares solve) and so are the power laws.
+parabola is refitted (one batched weighted least-squares solve) and so are the power laws
+(a resampled vertex outside the sizes drops that budget from that resample).
 """
 
 from __future__ import annotations
@@ -47,46 +51,119 @@ def _vertices(coef_K3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xs, p0 + p1 * xs + p2 * xs**2
 
 
-def isoflop_profiles(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, min_points: int = 3):
-    """Per-budget parabola fits: list of dicts (flops, n_points, N_opt, D_opt, loss_opt, coef,
-    in_range, index) for budgets with ``min_points`` distinct sizes and an upward parabola."""
+def select_near_minimum(x_N: np.ndarray, y_N: np.ndarray, *, keep: int | None = None,
+                        loss_window: float | None = None) -> np.ndarray:
+    """Indices of the points of one budget used for its parabola (sorted by x = ln N).
+
+    ``keep``: the ``keep`` points nearest in rank to the lowest observed loss (a window of sizes
+    centred on the argmin, shifted inwards at the ends of the sampled range); ``loss_window``:
+    points whose loss is at most ``(1 + loss_window)`` × the lowest. Both: the intersection,
+    widened back to 3 points around the argmin if it has fewer. Neither: every point. This is
+    the local fit of Porian et al. (2024), who interpolate each IsoFLOP curve near its minimum
+    rather than fit one parabola to sizes far from it, where L vs ln N is not a parabola.
+    """
+    order = np.argsort(x_N, kind="stable")
+    n = order.size
+    i_min = int(np.argmin(y_N[order]))
+    lo, hi = 0, n
+    if keep is not None and keep < n:
+        k = max(int(keep), 3)
+        lo = min(max(i_min - k // 2, 0), n - k)
+        hi = lo + k
+    chosen = np.arange(lo, hi)
+    if loss_window is not None:
+        chosen = chosen[y_N[order][chosen] <= y_N[order][i_min] * (1.0 + loss_window)]
+        if np.unique(x_N[order][chosen]).size < 3:
+            lo3 = min(max(i_min - 1, 0), max(n - 3, 0))
+            chosen = np.union1d(chosen, np.arange(lo3, min(lo3 + 3, n)))
+    return order[chosen]
+
+
+def isoflop_profiles(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, min_points: int = 3,
+                     keep: int | None = None, loss_window: float | None = None):
+    """Per-budget parabola fits: ``(profiles, labels, excluded)``.
+
+    ``profiles``: a list of dicts (flops, n_points, N_opt, D_opt, loss_opt, coef,
+    flops_per_param_token, in_range, index) for budgets with ``min_points`` distinct sizes among
+    the selected points (:func:`select_near_minimum`), an upward parabola and a vertex inside the
+    selected sizes. ``D_opt = C / (k·N_opt)`` with ``k = C/(N·D)`` interpolated linearly in ln N
+    between the budget's runs at the vertex (k varies with N: head, attention and embeddings).
+    ``excluded``: ``{"flops", "reason", ...}`` for every budget left out (vertex outside the
+    sampled sizes, parabola opening downwards, too few sizes).
+    """
     n, d, c, l = (check_positive(k, v) for k, v in
                   (("params", n_params), ("tokens", n_tokens), ("flops", flops), ("loss", loss)))
     labels, budgets = group_budgets(c, rtol)
-    profiles = []
+    profiles, excluded = [], []
     for g, budget in enumerate(budgets):
-        idx = np.flatnonzero(labels == g)
+        all_idx = np.flatnonzero(labels == g)
+        if np.unique(n[all_idx]).size < min_points:
+            if all_idx.size > 1:
+                excluded.append({"flops": float(budget), "reason": f"fewer than {min_points} distinct sizes",
+                                 "n_points": int(all_idx.size)})
+            continue
+        idx = all_idx[select_near_minimum(np.log(n[all_idx]), l[all_idx], keep=keep, loss_window=loss_window)]
         if np.unique(n[idx]).size < min_points:
+            excluded.append({"flops": float(budget), "reason": f"fewer than {min_points} distinct sizes near the "
+                             "minimum", "n_points": int(idx.size)})
             continue
         x = np.log(n[idx])
         coef = parabola_fits(x, l[idx], np.ones((1, idx.size)))[0]
         xs, ys = _vertices(coef[None])
         if not np.isfinite(xs[0]):
+            excluded.append({"flops": float(budget), "reason": "parabola opens downwards", "n_points": int(idx.size)})
             continue
-        k = float(np.median(c[idx] / (n[idx] * d[idx])))
         n_opt = float(np.exp(xs[0]))
+        if not x.min() <= xs[0] <= x.max():
+            side = "below" if xs[0] < x.min() else "above"
+            excluded.append({"flops": float(budget), "reason": f"vertex N = {n_opt:.3g} {side} the sampled sizes "
+                             f"[{np.exp(x.min()):.3g}, {np.exp(x.max()):.3g}]", "N_vertex": n_opt,
+                             "n_points": int(idx.size)})
+            continue
+        k = _k_at(x, c[idx] / (n[idx] * d[idx]), xs[0])
         profiles.append({
-            "flops": float(budget), "n_points": int(idx.size), "N_opt": n_opt, "D_opt": float(budget / (k * n_opt)),
-            "loss_opt": float(ys[0]), "coef": [float(v) for v in coef], "flops_per_param_token": k,
-            "in_range": bool(x.min() <= xs[0] <= x.max()), "index": idx.tolist(),
+            "flops": float(budget), "n_points": int(idx.size), "n_points_budget": int(all_idx.size), "N_opt": n_opt,
+            "D_opt": float(budget / (k * n_opt)), "loss_opt": float(ys[0]), "coef": [float(v) for v in coef],
+            "flops_per_param_token": k, "in_range": True, "index": idx.tolist(),
             "residuals": (coef[0] + coef[1] * x + coef[2] * x**2 - l[idx]).tolist(),
         })
-    return profiles, labels
+    return profiles, labels, excluded
+
+
+def _k_at(x_N: np.ndarray, k_N: np.ndarray, x_star):
+    """``C/(N·D)`` at ln N = ``x_star`` (scalar or array): per size the geometric mean over its
+    runs, then linear interpolation in (ln N, ln k), constant beyond the end sizes."""
+    xs = np.unique(x_N)
+    lk = np.array([np.mean(np.log(k_N[x_N == v])) for v in xs])
+    return np.exp(np.interp(x_star, xs, lk))
 
 
 def fit_isoflop(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, n_bootstrap: int = 0,
-                level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
+                level: float = DEFAULT_LEVEL, seed: int = 0, keep: int | None = None,
+                loss_window: float | None = None) -> dict:
     """Approach 2: ``N_opt = k_N·C^a`` and ``D_opt = k_D·C^b`` from IsoFLOP parabola minima.
+
+    ``keep`` / ``loss_window`` select the points near each budget's minimum
+    (:func:`select_near_minimum`); budgets whose vertex lies outside their sampled sizes are
+    excluded and listed under ``excluded_budgets`` with a line in ``warnings``.
 
     Returns a JSON-able dict: ``a``, ``b``, ``N_coef`` (k_N), ``D_coef`` (k_D) (also under
     ``params``), ``budgets`` (one entry per usable budget), ``objective`` (sum of squared
-    parabola residuals in loss, nats²), ``residuals``, ``n_points``, ``n_budgets``, and with
-    ``n_bootstrap > 0`` percentile ``ci`` for a, b, N_coef, D_coef.
+    parabola residuals in loss, nats²), ``residuals``, ``n_points``, ``n_budgets``,
+    ``selection``, ``excluded_budgets``, ``warnings`` and with ``n_bootstrap > 0`` percentile
+    ``ci`` for a, b, N_coef, D_coef.
     """
-    profiles, labels = isoflop_profiles(n_params, n_tokens, flops, loss, rtol=rtol)
+    if keep is not None and keep < 3:
+        raise UserError(f"--isoflop-keep must be at least 3 (a parabola has 3 coefficients), got {keep}")
+    if loss_window is not None and not loss_window > 0:
+        raise UserError(f"--isoflop-window must be positive, got {loss_window}")
+    profiles, labels, excluded = isoflop_profiles(n_params, n_tokens, flops, loss, rtol=rtol, keep=keep,
+                                                  loss_window=loss_window)
+    warnings = [f"approach 2: budget C = {e['flops']:.3g} excluded ({e['reason']})" for e in excluded]
     if len(profiles) < 2:
-        raise UserError("isoflop needs at least 2 FLOP budgets with 3 or more distinct model sizes each "
-                        f"(found {len(profiles)} usable budget(s); budgets group runs whose FLOPs agree within {rtol:.0%})")
+        raise UserError("isoflop needs at least 2 FLOP budgets with 3 or more distinct model sizes each and the "
+                        f"parabola's vertex inside them (found {len(profiles)} usable budget(s); budgets group runs "
+                        f"whose FLOPs agree within {rtol:.0%})" + (f"; {'; '.join(warnings)}" if warnings else ""))
     c_g = np.array([p["flops"] for p in profiles])
     fit_n = fit_power_law(c_g, [p["N_opt"] for p in profiles], form="coef", names=("N_coef", "a"))
     fit_d = fit_power_law(c_g, [p["D_opt"] for p in profiles], form="coef", names=("D_coef", "b"))
@@ -100,27 +177,39 @@ def fit_isoflop(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, 
         "residuals": residual_stats(resid),
         "power_law_residuals": {"N_opt": fit_n["residuals"], "D_opt": fit_d["residuals"]},
         "n_points": int(sum(p["n_points"] for p in profiles)), "n_budgets": len(profiles),
+        "selection": {"keep": keep, "loss_window": loss_window,
+                      "rule": "all points" if keep is None and loss_window is None else "near the minimum"},
         "budgets": [{k: v for k, v in p.items() if k not in ("index", "residuals")} for p in profiles],
+        "excluded_budgets": excluded, "warnings": warnings,
     }
     if n_bootstrap > 0:
-        result.update(bootstrap_fields(_bootstrap(profiles, n_params, loss, n_bootstrap, seed), level))
+        result.update(bootstrap_fields(_bootstrap(profiles, n_params, n_tokens, flops, loss, n_bootstrap, seed),
+                                       level))
     return result
 
 
-def _bootstrap(profiles, n_params, loss, n_bootstrap, seed) -> dict[str, np.ndarray]:
+def _bootstrap(profiles, n_params, n_tokens, flops, loss, n_bootstrap, seed) -> dict[str, np.ndarray]:
+    """Points resampled within each used budget (its selected points); a resample whose vertex
+    leaves the sampled sizes or whose parabola opens downwards is NaN for that budget, and the
+    power laws are refitted on the remaining budgets (NaN when fewer than 2 remain)."""
     n = np.asarray(n_params, np.float64)
+    k_all = np.asarray(flops, np.float64) / (n * np.asarray(n_tokens, np.float64))
     l = np.asarray(loss, np.float64)
     log_n_opt = np.empty((n_bootstrap, len(profiles)))
     log_d_opt = np.empty_like(log_n_opt)
     for j, p in enumerate(profiles):
         idx = np.asarray(p["index"])
+        x = np.log(n[idx])
         counts = resample_counts(idx.size, n_bootstrap, seed=seed + 7919 * j)
-        xs, _ = _vertices(parabola_fits(np.log(n[idx]), l[idx], counts))
+        xs, _ = _vertices(parabola_fits(x, l[idx], counts))
+        xs = np.where((xs >= x.min()) & (xs <= x.max()), xs, np.nan)
         log_n_opt[:, j] = xs
-        log_d_opt[:, j] = np.log(p["flops"] / p["flops_per_param_token"]) - xs
+        k = _k_at(x, k_all[idx], np.where(np.isfinite(xs), xs, x.mean()))
+        log_d_opt[:, j] = np.log(p["flops"] / k) - xs
     log_c = np.log([p["flops"] for p in profiles])
-    ni, a = fit_loglinear(log_c, log_n_opt)
-    di, b = fit_loglinear(log_c, log_d_opt)
+    ok = np.isfinite(log_n_opt)
+    ni, a = fit_loglinear(log_c, np.where(ok, log_n_opt, 0.0), ok.astype(float))
+    di, b = fit_loglinear(log_c, np.where(ok, log_d_opt, 0.0), ok.astype(float))
     return {"a": a, "b": b, "N_coef": np.exp(ni), "D_coef": np.exp(di)}
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from scalinglab.errors import UserError
 from scalinglab.scaling import chinchilla, kaplan
 from scalinglab.scaling.envelope import fit_envelope
+from scalinglab.scaling.flops_model import model_from_table
 from scalinglab.scaling.isoflop import fit_isoflop
 from scalinglab.scaling.load import RunTable, require_points
 
@@ -19,29 +20,61 @@ LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop"
 LOSS_LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd")
 N_PARAMS = {"chinchilla": 5, "kaplan-n": 2, "kaplan-d": 2, "kaplan-c": 2, "kaplan-nd": 4, "isoflop": 6,
             "envelope": 2}
+# ``--params auto``: each law in its paper's convention, so its numbers compare like for like
+# with the published ones (Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
+# out the embedding tables; see docs/readme/scaling.md).
+PAPER_CONVENTION = {"chinchilla": "total", "isoflop": "total", "envelope": "total", "kaplan-n": "non_embedding",
+                    "kaplan-d": "non_embedding", "kaplan-c": "non_embedding", "kaplan-nd": "non_embedding"}
+
+
+def resolve_convention(law: str, params: str | None) -> str | None:
+    """``"auto"`` → the law's paper convention (:data:`PAPER_CONVENTION`); others unchanged."""
+    return PAPER_CONVENTION.get(law, "non_embedding") if params == "auto" else params
 
 
 def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0.95, seed: int = 0,
-            starts: np.ndarray | None = None) -> dict:
-    """Fit ``law`` to ``table``; UserError for unknown laws or too few points."""
+            starts: np.ndarray | None = None, params: str | None = None,
+            huber_delta: float = chinchilla.HUBER_DELTA, isoflop_keep: int | None = None,
+            isoflop_window: float | None = None) -> dict:
+    """Fit ``law`` to ``table``; UserError for unknown laws or too few points.
+
+    ``params``: the parameter convention N is counted in (``non_embedding``, ``total``,
+    ``with_head`` or ``auto``, see :func:`resolve_convention`); ``None`` keeps the table's.
+    The result records it as ``params_convention`` (and ``params_source``). Approach 3 gets the
+    runs' exact FLOPs per token as a function of N (:mod:`scalinglab.scaling.flops_model`).
+    """
     if law not in LAWS:
         raise UserError(f"unknown law {law!r}; choose from {', '.join(LAWS)}")
+    convention = resolve_convention(law, params)
+    if convention is not None:
+        table = table.with_params(convention)
     require_points(table, N_PARAMS[law], law)
     kw = {"n_bootstrap": n_bootstrap, "level": level, "seed": seed}
     if law == "chinchilla":
-        return chinchilla.fit_approach3(table.params, table.tokens, table.loss, starts=starts, **kw)
-    if law == "isoflop":
-        return fit_isoflop(table.params, table.tokens, table.flops, table.loss, **kw)
-    if law == "envelope":
-        return fit_envelope(table, **kw)
-    fit = {"kaplan-n": kaplan.fit_kaplan_n, "kaplan-d": kaplan.fit_kaplan_d, "kaplan-c": kaplan.fit_kaplan_c,
-           "kaplan-nd": kaplan.fit_kaplan_nd}[law]
-    return fit(table, **kw)
+        result = chinchilla.fit_approach3(table.params, table.tokens, table.loss, starts=starts,
+                                          huber_delta=huber_delta, flops_model=model_from_table(table),
+                                          flops_range=(float(table.flops.min()), float(table.flops.max())), **kw)
+    elif law == "isoflop":
+        result = fit_isoflop(table.params, table.tokens, table.flops, table.loss, keep=isoflop_keep,
+                             loss_window=isoflop_window, **kw)
+    elif law == "envelope":
+        result = fit_envelope(table, **kw)
+    else:
+        fit = {"kaplan-n": kaplan.fit_kaplan_n, "kaplan-d": kaplan.fit_kaplan_d, "kaplan-c": kaplan.fit_kaplan_c,
+               "kaplan-nd": kaplan.fit_kaplan_nd}[law]
+        result = fit(table, **kw)
+    result["params_convention"] = table.params_convention
+    result["params_source"] = table.params_source()
+    return result
 
 
 def predict_table(result: dict, table: RunTable) -> np.ndarray:
-    """Predicted loss for every row of ``table`` under a loss-law result."""
+    """Predicted loss for every row of ``table`` under a loss-law result (N in the result's
+    ``params_convention``)."""
     law = result["law"]
+    convention = result.get("params_convention")
+    if convention and convention != table.params_convention:
+        table = table.with_params(convention)
     if law == "chinchilla":
         return chinchilla.predict_loss(result["params"], table.params, table.tokens)
     if law in LOSS_LAWS:

@@ -91,7 +91,9 @@ def plot_frontier(table: RunTable, path, fits: dict | None = None) -> None:
 def plot_isoflop(table: RunTable, path, result: dict | None = None) -> None:
     """IsoFLOP profiles: loss vs N per FLOP budget with the fitted parabolas and their minima;
     a second panel shows N_opt vs C with the fitted power law when ``result`` is given."""
-    profiles, _ = isoflop_profiles(table.params, table.tokens, table.flops, table.loss)
+    sel = (result or {}).get("selection") or {}
+    profiles, _, _ = isoflop_profiles(table.params, table.tokens, table.flops, table.loss, keep=sel.get("keep"),
+                                      loss_window=sel.get("loss_window"))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     norm = LogNorm(vmin=min((p["flops"] for p in profiles), default=1), vmax=max((p["flops"] for p in profiles), default=10))
     cmap = plt.get_cmap("plasma")

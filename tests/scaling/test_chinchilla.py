@@ -79,7 +79,8 @@ def test_lockstep_bootstrap_refits_equal_scipy_per_resample(table60):
     ours = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID[::12])
     x0 = np.array([[np.log(ours["A"]), np.log(ours["B"]), np.log(ours["E"]), ours["alpha"], ours["beta"]]])
     data = {"log_n": np.log(t["params"]), "log_d": np.log(t["tokens"]), "log_l": np.log(t["loss"])}
-    samples = chinchilla.bootstrap_approach3(x0, data, n_bootstrap=8, seed=3)
+    samples = chinchilla.bootstrap_approach3(x0, chinchilla.fit_data(t["params"], t["tokens"], t["loss"]),
+                                             n_bootstrap=8, seed=3)
     counts = resample_counts(len(t["loss"]), 8, seed=3)
     for k in range(8):
         x_sp, v_sp, _ = scipy_fit(x0, data["log_n"], data["log_d"], data["log_l"], counts[k],
@@ -177,7 +178,8 @@ def test_closed_form_gradient_matches_autodiff():
     import jax
 
     rng = np.random.default_rng(0)
-    data = {"log_n": rng.uniform(15, 25, 40), "log_d": rng.uniform(18, 28, 40), "log_l": rng.uniform(0.5, 1.5, 40)}
+    data = {"log_n": rng.uniform(15, 25, 40), "log_d": rng.uniform(18, 28, 40), "log_l": rng.uniform(0.5, 1.5, 40),
+            "delta": np.full(40, chinchilla.HUBER_DELTA)}
     w = rng.integers(0, 3, 40).astype(float)
     with jax.enable_x64(True):
         for x in GRID[::500]:
@@ -185,3 +187,60 @@ def test_closed_form_gradient_matches_autodiff():
             v2, g2 = jax.value_and_grad(chinchilla._loss)(x, data, w)
             np.testing.assert_allclose(float(v1), float(v2), rtol=1e-12)
             np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-9, atol=1e-12)
+
+
+def _family_flops_per_token(n_layer, d_model, vocab=512, n_ctx=256):
+    """A GPT-like family's exact training FLOPs per token, written out independently of the
+    fitted model: 6·(12·L·d²) dense + 6·V·d head + 6·L·n_ctx·d attention logits and values."""
+    return 6 * 12 * n_layer * d_model**2 + 6 * vocab * d_model + 6 * n_layer * n_ctx * d_model
+
+
+def test_exact_c_allocation_equals_brute_force_over_the_runs_flops():
+    from scalinglab.scaling.flops_model import fit_flops_per_token, flops_per_token_of
+
+    ks = np.arange(1, 9)
+    n = 12 * ks * (64.0 * ks) ** 2  # L = k layers of width 64k
+    f_true = _family_flops_per_token(ks, 64.0 * ks)
+    model = fit_flops_per_token(n, f_true)
+    assert model["max_rel_error"] < 0.005  # the fitted f(N) reproduces the family within 0.5 %
+    assert np.max(f_true / n) > 9  # far from 6ND at this scale
+    law = {"E": 1.5, "A": 50.0, "B": 2000.0, "alpha": 0.35, "beta": 0.3}
+    for c in (1e12, 1e14, 1e16, 1e18):
+        n_opt, d_opt = chinchilla.compute_optimal(law, c, model)
+        assert d_opt * flops_per_token_of(model, n_opt) == pytest.approx(c, rel=1e-12)
+        # brute force: a dense grid over ln N, then scipy's bounded scalar search around its best point
+        lg = np.linspace(0, 40, 400001)
+        g = chinchilla.predict_loss(law, np.exp(lg), c / flops_per_token_of(model, np.exp(lg)))
+        x0 = lg[np.argmin(g)]
+        ref = minimize_scalar(lambda x: chinchilla.predict_loss(law, np.exp(x), c / flops_per_token_of(model, np.exp(x))),
+                              bounds=(x0 - 1e-3, x0 + 1e-3), method="bounded", options={"xatol": 1e-12})
+        assert np.log(n_opt) == pytest.approx(ref.x, abs=1e-5)
+        # and it differs from the 6ND allocation by more than that
+        n6, _ = chinchilla.compute_optimal(law, c)
+        assert abs(np.log(n_opt / n6)) > 0.01
+    # a proportional model (C = c1·N·D) takes the closed form with c1 in place of 6, equal to the solver
+    prop = {"c1": 7.0, "c0": 0.0, "gamma": 0.0}
+    n_c, _ = chinchilla.compute_optimal(law, 1e15, prop)
+    n_s, _ = chinchilla.compute_optimal_exact(law, 1e15, prop)
+    assert n_c == pytest.approx(n_s, rel=1e-6)
+
+
+def test_fit_with_flops_model_gives_allocation_exponents_and_huber_delta(table60):
+    from scalinglab.scaling.flops_model import SIX_ND
+
+    t = table60
+    fit = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID, flops_model=dict(SIX_ND),
+                                   flops_range=(1e18, 1e22))
+    # under 6ND the slopes of the numerical optimum equal the closed form
+    assert fit["allocation_exponents"]["a"] == pytest.approx(fit["a"], abs=1e-6)
+    assert fit["allocation_exponents"]["b"] == pytest.approx(fit["b"], abs=1e-6)
+    # --huber-delta: a large delta is least squares on log L (compare with scipy's least squares)
+    wide = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID, huber_delta=10.0)
+    assert wide["huber_delta"] == 10.0
+    from scipy.optimize import least_squares
+
+    x0 = [np.log(wide["A"]), np.log(wide["B"]), np.log(wide["E"]), wide["alpha"], wide["beta"]]
+    ls = least_squares(lambda x: chinchilla.log_predict(x, np.log(t["params"]), np.log(t["tokens"]))
+                       - np.log(t["loss"]), x0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    assert wide["alpha"] == pytest.approx(ls.x[3], abs=1e-4) and wide["beta"] == pytest.approx(ls.x[4], abs=1e-4)
+    assert abs(wide["alpha"] - fit["alpha"]) > 1e-4  # a different estimator from delta = 1e-3

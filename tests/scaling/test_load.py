@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scalinglab.errors import UserError
-from scalinglab.scaling.load import load_source
+from scalinglab.scaling.load import load_source, parse_columns
 from scalinglab.scaling.synthetic import write_run
 
 
@@ -78,3 +78,41 @@ def test_single_run_dir_and_truncated_metrics(tmp_path):
     t = load_source(d)
     assert len(t) == 1 and t.params[0] == 2e6
     assert t.to_records()[0]["params"] == 2e6
+
+
+def test_csv_column_mapping_and_run_curves(tmp_path):
+    p = tmp_path / "curves.csv"
+    rows = ["id,N,D,val_loss,C"]
+    for run, n in (("small", 1e6), ("big", 4e6)):
+        for d in (1e7, 2e7, 4e7):
+            rows.append(f"{run},{n},{d},{3.0 + 1e6 / n * 1e7 / d},{6 * n * d * 1.1}")
+    p.write_text("\n".join(rows) + "\n")
+    cols = parse_columns("params=N,tokens=D,loss=val_loss,flops=C,run=id")
+    t = load_source(p, columns=cols)
+    assert t.names == ["small", "big"] and len(t.curves) == 2
+    np.testing.assert_allclose(t.tokens, [4e7, 4e7])  # a run's row is its last point
+    np.testing.assert_allclose(t.loss, [3.0 + 0.25, 3.0 + 0.0625])
+    np.testing.assert_allclose(t.curves[1].tokens, [1e7, 2e7, 4e7])
+    np.testing.assert_allclose(t.curves[0].flops, 6.6 * 1e6 * np.array([1e7, 2e7, 4e7]))
+    assert t.subset([1]).curves[0] is t.curves[1]
+    with pytest.raises(UserError, match="unknown column name"):
+        parse_columns("parms=N")
+    with pytest.raises(UserError, match="no column 'X'"):
+        load_source(p, columns=parse_columns("params=X,tokens=D,loss=val_loss"))
+    with pytest.raises(UserError, match="CSV table"):
+        load_source(tmp_path, columns=cols)
+
+
+def test_parameter_conventions(tmp_path):
+    write_run(tmp_path / "a", n=1e6, total=1.5e6)
+    t = load_source(tmp_path)
+    # write_run's model has no vocab_size/d_model: with_head is unknown for it
+    assert t.with_params("total").params[0] == 1.5e6 and t.with_params("total").params_convention == "total"
+    assert t.with_params("total").with_params("non_embedding").params[0] == 1e6
+    with pytest.raises(UserError, match="with_head"):
+        t.with_params("with_head")
+    p = tmp_path / "t.csv"
+    p.write_text("params,tokens,loss\n1e6,2e7,3.5\n")
+    c = load_source(p)
+    assert c.with_params("total").params[0] == 1e6  # a CSV's params column is in the convention named
+    assert "taken as total" in c.with_params("total").params_source()
