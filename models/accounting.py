@@ -45,13 +45,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
 from scalinglab.errors import UserError
 from scalinglab.models.config import ModelConfig, validate
-from scalinglab.models.jaxpr_flops import count_jaxpr_flops, jaxpr_flops
+
+# JAX and Flax are imported inside the functions that trace the model: the closed forms (what
+# ``scalinglab params``/``--help`` need) must not pay for importing them.
 
 __all__ = [
     "param_counts",
@@ -152,8 +150,19 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     return 3 * forward_flops_per_token(cfg, seq_len)["matmul_exact"]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "jaxpr_flops":  # re-exported lazily (it imports JAX)
+        from scalinglab.models.jaxpr_flops import jaxpr_flops
+
+        return jaxpr_flops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def count_params(tree: Any) -> int:
     """Parameters in a model or state, counted as the sum of its ``nnx.Param`` leaf sizes."""
+    import jax
+    from flax import nnx
+
     state = nnx.state(tree, nnx.Param) if isinstance(tree, nnx.Module) else tree
     return sum(int(x.size) for x in jax.tree.leaves(state))
 
@@ -167,26 +176,36 @@ class _OneKey:
     """
 
     def __init__(self):
+        import jax
+
         self._key = jax.random.key(0)
 
-    def params(self) -> jax.Array:
+    def params(self) -> Any:
         return self._key
 
     __call__ = params
 
 
-def abstract_model(cfg: ModelConfig, dtype: Any = jnp.float32) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, abstract state) of the model: shapes only, no weights allocated."""
+def abstract_model(cfg: ModelConfig, dtype: Any = None) -> tuple[Any, Any]:
+    """(graphdef, abstract state) of the model: shapes only, no weights allocated (dtype: float32)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
     from scalinglab.models.transformer import Transformer
 
+    dtype = jnp.float32 if dtype is None else dtype
     cfg = validate(cfg)
     keys = _OneKey()
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=keys, dtype=dtype))  # type: ignore[arg-type]
     return nnx.split(model)
 
 
-def _trace_forward(cfg: ModelConfig, seq_len: int, dtype: Any = jnp.float32) -> Any:
+def _trace_forward(cfg: ModelConfig, seq_len: int, dtype: Any = None) -> Any:
     """``jax.jit(forward).trace`` of the model on an abstract int32[1, seq_len] batch (no weights)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
     graphdef, state = abstract_model(cfg, dtype)
 
     def forward(state, tokens_BT):
@@ -196,7 +215,7 @@ def _trace_forward(cfg: ModelConfig, seq_len: int, dtype: Any = jnp.float32) -> 
 
 
 def measured_flops_per_token(
-    cfg: ModelConfig, seq_len: int, *, xla: bool = False, dtype: Any = jnp.float32
+    cfg: ModelConfig, seq_len: int, *, xla: bool = False, dtype: Any = None
 ) -> dict[str, Any]:
     """Forward FLOPs per token measured on the traced model (one trace, no weights allocated).
 
@@ -204,6 +223,8 @@ def measured_flops_per_token(
     ``xla``: XLA's ``cost_analysis()['flops']`` / seq_len of the lowered, unoptimised HLO
     (counts elementwise work too), or None when not asked for or the backend gives none.
     """
+    from scalinglab.models.jaxpr_flops import count_jaxpr_flops
+
     cfg = validate(cfg)
     T = _check_seq_len(cfg, seq_len)
     traced = _trace_forward(cfg, T, dtype)
@@ -223,7 +244,7 @@ def measured_flops_per_token(
     return out
 
 
-def model_jaxpr_flops_per_token(cfg: ModelConfig, seq_len: int, *, dtype: Any = jnp.float32) -> int:
+def model_jaxpr_flops_per_token(cfg: ModelConfig, seq_len: int, *, dtype: Any = None) -> int:
     """Forward FLOPs per token from walking the jaxpr of the model on a [1, seq_len] batch."""
     return measured_flops_per_token(cfg, seq_len, dtype=dtype)["jaxpr"]
 

@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any, Sequence
 
+from scalinglab import compile_cache
 from scalinglab.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -66,12 +67,25 @@ def build_parser() -> Parser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in _leaf_parsers(parser):
+        command.add_argument("--no-cache", action="store_true",
+                             help="do not use the persistent JAX compilation cache (~/.cache/scalinglab/jax-*)")
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands that run (``data prepare``, not ``data``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in _leaf_parsers(p)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "no_cache", False):
+        compile_cache.enable()
     try:
         rc = args.func(args)
     except UserError as e:
