@@ -36,7 +36,7 @@ def test_new_length_in_the_same_bucket_reuses_the_compiled_solver():
     starts = chinchilla.small_grid()[::7]
     for n_per, seed in ((10, 1), (12, 2)):  # 50 and 60 points: both padded to 64
         t = isoflop_table(5, n_per, sigma=0.01, seed=seed)
-        data = {"log_n": np.log(t["params"]), "log_d": np.log(t["tokens"]), "log_l": np.log(t["loss"])}
+        data = chinchilla.fit_data(t["params"], t["tokens"], t["loss"])
         res = multistart.minimize_batch(chinchilla._loss, starts, np.ones((len(starts), 5 * n_per)), data, **kw)
         assert res.params_MP.shape == (len(starts), 5)
         if n_per == 10:
