@@ -57,7 +57,8 @@ class TrainConfig:
     grad_accum: int = 1
     dtype: str = "float32"
     gns: bool = True  # gradient-noise-scale statistics in the step
-    gns_ema: float = 0.95
+    gns_window: int = 1024  # examples summed per B_simple window (0 → the per-step EMA below)
+    gns_ema: float = 0.95  # EMA decay per step, used only when gns_window == 0
     max_bad_steps: int = 5  # consecutive non-finite steps that stop the run
     # logging / eval / checkpoints
     eval_every: int = 100
@@ -159,6 +160,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"--grad-accum {cfg.grad_accum} does not divide --batch-size {cfg.batch_size}")
     if cfg.clip < 0 or cfg.weight_decay < 0 or cfg.z_loss < 0:
         raise UserError("--clip, --weight-decay and --z-loss must be ≥ 0")
+    if cfg.gns_window < 0:
+        raise UserError(f"gns_window must be ≥ 0 examples, got {cfg.gns_window}")
     if not 0.0 <= cfg.gns_ema < 1.0:
         raise UserError(f"gns_ema must be in [0, 1), got {cfg.gns_ema}")
     if (cfg.branch_from is None) != (cfg.branch_step is None):

@@ -10,8 +10,14 @@ per-example covariance Σ), E|g_b|² = |G|² + tr(Σ)/b, so the unbiased estimat
     |G|²  ≈ (b_big·|g_big|² − b_small·|g_small|²) / (b_big − b_small)
     tr(Σ) ≈ (|g_small|² − |g_big|²) / (1/b_small − 1/b_big)
 
-Both are noisy; each is smoothed by an exponential moving average (bias-corrected,
-as in Adam) before taking the ratio.
+Both are noisy (at small batch either can come out negative), so they are averaged before
+taking the ratio, and never filtered by sign (dropping negative values would select the windows
+where noise pushed the estimate up). Default: **windows of examples** — the per-step estimates are
+summed, numerator and denominator separately, until the window holds at least ``window`` examples;
+then B_simple = Σ tr Σ / Σ |G|² for that window, attributed to the window's centre step, and a new
+window starts. A fixed number of examples per window gives every batch size of a sweep a similar
+amount of data per estimate (a fixed EMA of steps averages 16× fewer examples at B = 4 than at
+B = 64). ``window = 0`` keeps the older bias-corrected EMA (decay per step), updated every step.
 """
 
 from __future__ import annotations
@@ -32,33 +38,63 @@ def unbiased_estimates(sq_norm_small, sq_norm_big, b_small, b_big):
 
 
 class GNSState(NamedTuple):
-    """EMA accumulators (not bias-corrected) and the number of updates folded in."""
+    """Accumulators of the open window (or the EMA) and the last completed estimate.
 
-    g2_ema: jax.Array
-    trace_ema: jax.Array
+    ``g2_acc``/``trace_acc``: Σ of the per-step estimates (EMA: Σ decay^k·x); ``weight``: Σ of their
+    weights (steps in the window; EMA: Σ decay^k); ``examples``: examples in the open window;
+    ``start``: first step of the open window; ``last_g2``/``last_trace``/``last_step``: the means of
+    the last completed window and its centre step (NaN before the first); ``count``: steps folded in.
+    """
+
+    g2_acc: jax.Array
+    trace_acc: jax.Array
+    weight: jax.Array
+    examples: jax.Array
+    start: jax.Array
+    last_g2: jax.Array
+    last_trace: jax.Array
+    last_step: jax.Array
     count: jax.Array  # int32
 
 
 def init_state() -> GNSState:
-    return GNSState(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731 - distinct buffers (the state is donated)
+    nan = lambda: jnp.full((), jnp.nan, jnp.float32)  # noqa: E731
+    return GNSState(zero(), zero(), zero(), zero(), zero(), nan(), nan(), nan(), jnp.zeros((), jnp.int32))
 
 
-def update(state: GNSState, g2, trace, decay: float, ok=True) -> GNSState:
-    """Fold one (|G|², tr Σ) pair into the EMAs; a step with ``ok`` False leaves the state as is."""
+def update(state: GNSState, g2, trace, *, n_examples, step, window: int = 0, decay: float = 0.95,
+           ok=True) -> GNSState:
+    """Fold one step's (|G|², tr Σ) into the state; a step with ``ok`` False leaves it as is.
+
+    ``n_examples``: the step's (big) batch in examples; ``step``: its 1-based step number;
+    ``window`` > 0: examples per window (the estimate updates when a window closes), else an EMA
+    with ``decay`` per step (the estimate updates every step).
+    """
+    d = jnp.float32(1.0 if window > 0 else decay)
+    g2_acc = d * state.g2_acc + g2
+    trace_acc = d * state.trace_acc + trace
+    weight = d * state.weight + 1.0
+    examples = state.examples + jnp.float32(n_examples)
+    step = jnp.float32(step)
+    start = jnp.where(state.weight == 0, step, state.start)
+    close = examples >= window if window > 0 else jnp.bool_(True)
+    centre = 0.5 * (start + step) if window > 0 else step
+    reset = close & (window > 0)
+    keep_open = lambda x: jnp.where(reset, jnp.zeros_like(x), x)  # noqa: E731
     new = GNSState(
-        decay * state.g2_ema + (1.0 - decay) * g2,
-        decay * state.trace_ema + (1.0 - decay) * trace,
+        keep_open(g2_acc), keep_open(trace_acc), keep_open(weight), keep_open(examples), start,
+        jnp.where(close, g2_acc / weight, state.last_g2),
+        jnp.where(close, trace_acc / weight, state.last_trace),
+        jnp.where(close, centre, state.last_step),
         state.count + 1,
     )
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
 
 
-def corrected(state: GNSState, decay: float):
-    """Bias-corrected EMAs and their ratio: (g2, trace, b_simple); NaN before the first update."""
-    correction = 1.0 - jnp.power(jnp.float32(decay), state.count.astype(jnp.float32))
-    g2 = state.g2_ema / correction
-    trace = state.trace_ema / correction
-    return g2, trace, trace / g2
+def estimate(state: GNSState):
+    """(g2, trace, b_simple, step) of the last completed window (or the EMA); NaN before the first."""
+    return state.last_g2, state.last_trace, state.last_trace / state.last_g2, state.last_step
 
 
 def per_example_estimate(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any) -> dict[str, jax.Array]:

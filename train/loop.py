@@ -277,7 +277,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
             gns_on = False
     step_fn = step_lib.make_train_step(
         loss_fn, optimizer, schedule, grad_accum=cfg.grad_accum, gns=gns_on, gns_groups=groups,
-        gns_ema=cfg.gns_ema, group_sharding=group_sh, has_aux=True,
+        gns_window=cfg.gns_window, gns_ema=cfg.gns_ema, group_sharding=group_sh, has_aux=True,
     )
     abstract_batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=batch_sh)
     train_step = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch).compile()
@@ -392,6 +392,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
                         "gns_b_simple": float(m["gns_b_simple"]),
                         "gns_g2": float(m["gns_g2"]),
                         "gns_trace": float(m["gns_trace"]),
+                        "gns_step": float(m["gns_step"]),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s * flops_per_token / peak if (tokens_per_s and peak) else None,
                         "skipped_steps": int(m["skipped"]),

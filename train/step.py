@@ -78,6 +78,7 @@ def make_train_step(
     grad_accum: int = 1,
     gns: bool = True,
     gns_groups: int = 2,
+    gns_window: int = 1024,
     gns_ema: float = 0.95,
     group_sharding: NamedSharding | None = None,
     has_aux: bool = False,
@@ -89,7 +90,9 @@ def make_train_step(
     returns ``(objective, reported_loss)``: gradients of the objective (e.g. with z-loss),
     the metric ``loss`` is the reported one (e.g. the plain cross-entropy).
     metrics: loss, grad_norm (before clipping), lr, finite, skipped, gns_g2, gns_trace,
-    gns_b_simple (bias-corrected EMAs; NaN when GNS is off or before its first update).
+    gns_b_simple, gns_step (the last completed window of ``gns_window`` examples and its centre
+    step; ``gns_window`` 0: a bias-corrected EMA with ``gns_ema`` per step; NaN when GNS is off or
+    before the first window closes).
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
@@ -144,8 +147,9 @@ def make_train_step(
         gns_state = state["gns"]
         if b_small is not None and gns:
             g2, trace = gns_lib.unbiased_estimates(sq_small, sq_big, b_small, n_examples)
-            gns_state = gns_lib.update(gns_state, g2, trace, gns_ema, ok=finite)
-        g2_c, trace_c, b_simple = gns_lib.corrected(gns_state, gns_ema)
+            gns_state = gns_lib.update(gns_state, g2, trace, n_examples=n_examples, step=state["step"] + 1,
+                                       window=gns_window, decay=gns_ema, ok=finite)
+        g2_c, trace_c, b_simple, gns_step = gns_lib.estimate(gns_state)
 
         applied = state["step"] - state["skipped"]  # optimizer updates applied before this one
         bad = (~finite).astype(jnp.int32)
@@ -168,6 +172,7 @@ def make_train_step(
             "gns_g2": g2_c,
             "gns_trace": trace_c,
             "gns_b_simple": b_simple,
+            "gns_step": gns_step,
         }
         return new_state, metrics
 

@@ -14,6 +14,7 @@ import pytest
 from scalinglab.train import gns, step as step_lib
 
 D, SIGMA = 16, 1.0
+WINDOW = 200 * 64  # examples per B_simple window: 200 steps of 64, so 600 steps close three windows
 
 
 def loss_fn(params, batch):
@@ -49,12 +50,29 @@ def test_unbiased_estimates_invert_expectations():
 
 def test_ema_bias_correction():
     st = gns.init_state()
-    for _ in range(3):
-        st = gns.update(st, 2.0, 6.0, 0.9)
-    g2, trace, b = gns.corrected(st, 0.9)
-    np.testing.assert_allclose([g2, trace, b], [2.0, 6.0, 3.0], rtol=1e-6)
-    st2 = gns.update(st, jnp.nan, jnp.nan, 0.9, ok=False)
-    assert int(st2.count) == 3 and float(st2.g2_ema) == float(st.g2_ema)
+    for i in range(3):
+        st = gns.update(st, 2.0, 6.0, n_examples=8, step=i + 1, window=0, decay=0.9)
+    g2, trace, b, step = gns.estimate(st)
+    np.testing.assert_allclose([g2, trace, b, step], [2.0, 6.0, 3.0, 3.0], rtol=1e-6)
+    st2 = gns.update(st, jnp.nan, jnp.nan, n_examples=8, step=4, window=0, decay=0.9, ok=False)
+    assert int(st2.count) == 3 and float(st2.g2_acc) == float(st.g2_acc)
+
+
+def test_windows_sum_numerator_and_denominator_and_keep_negatives():
+    """Windows of 32 examples at 8 per step close every 4 steps; the estimate is Σ tr / Σ |G|² over the
+    window (not a mean of ratios), attributed to the window's centre step; negative sums are kept."""
+    g2s = [1.0, -0.5, 2.0, 0.5, -1.0, -0.2, 0.4, 0.1, 3.0]
+    traces = [10.0, 4.0, -2.0, 8.0, 5.0, 6.0, 7.0, 2.0, 1.0]
+    st = gns.init_state()
+    seen = []
+    for i, (g2, tr) in enumerate(zip(g2s, traces)):
+        st = gns.update(st, g2, tr, n_examples=8, step=i + 1, window=32)
+        seen.append([float(x) for x in gns.estimate(st)])
+    assert all(np.isnan(v).all() for v in seen[:3])  # no window closed yet
+    np.testing.assert_allclose(seen[3], [3.0 / 4, 20.0 / 4, 20.0 / 3.0, 2.5], rtol=1e-6)
+    np.testing.assert_allclose(seen[6], seen[3])  # the second window is still open
+    np.testing.assert_allclose(seen[7], [-0.7 / 4, 20.0 / 4, 20.0 / -0.7, 6.5], rtol=1e-6)  # negative: kept
+    assert float(st.weight) == 1.0 and float(st.examples) == 8.0 and float(st.start) == 9.0  # third window open
 
 
 def _data_parallel_step(opt):
@@ -64,7 +82,7 @@ def _data_parallel_step(opt):
     from scalinglab.models.sharding import make_mesh
 
     mesh = make_mesh(data=4, fsdp=2)
-    step = step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, gns_groups=4,
+    step = step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_window=WINDOW, gns_groups=4,
                                     group_sharding=NamedSharding(mesh, P("data", "fsdp")))
     rep = NamedSharding(mesh, P())
     batch_sh = {"x": NamedSharding(mesh, P(("data", "fsdp"), None)), "y": NamedSharding(mesh, P(("data", "fsdp")))}
@@ -79,11 +97,13 @@ def test_in_loop_b_simple_matches_closed_form(mode):
         step = _data_parallel_step(opt)
     else:
         kwargs = dict(grad_accum=4) if mode == "accum" else dict(gns_groups=4)
-        step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_ema=0.99, **kwargs))
+        step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_window=WINDOW,
+                                                **kwargs))
     state = step_lib.init_state(params, opt)
     key = jax.random.key(1)
     for i in range(600):
         state, m = step(state, sample(jax.random.fold_in(key, i), w_star, 64))
+    assert float(m["gns_step"]) == pytest.approx(500.5)  # centre of the last window, steps 401..600
     assert abs(float(m["gns_b_simple"]) / truth["b_simple"] - 1) < 0.10
     assert abs(float(m["gns_trace"]) / truth["trace"] - 1) < 0.10
     assert abs(float(m["gns_g2"]) / truth["g2"] - 1) < 0.15
