@@ -46,7 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 from scalinglab.errors import UserError
-from scalinglab.models.config import ModelConfig, validate
+from scalinglab.models.config import ModelConfig
 
 # JAX and Flax are imported inside the functions that trace the model: the closed forms (what
 # ``scalinglab params``/``--help`` need) must not pay for importing them.
@@ -71,7 +71,6 @@ def _mlp_matrices(cfg: ModelConfig) -> int:
 
 def param_counts(cfg: ModelConfig) -> dict[str, Any]:
     """Parameter counts by group, total, embedding, Kaplan's non-embedding N, 12·L·D² and the gap."""
-    cfg = validate(cfg)
     L, D, V, C = cfg.n_layer, cfg.d_model, cfg.vocab_size, cfg.n_ctx
     N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
     by_group = {
@@ -108,7 +107,6 @@ def _check_seq_len(cfg: ModelConfig, seq_len: int) -> int:
 
 def chinchilla_terms(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     """Hoffmann et al. 2022 appendix F forward FLOPs per token, term by term (all layers summed)."""
-    cfg = validate(cfg)
     T = _check_seq_len(cfg, seq_len)
     L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
     N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
@@ -126,7 +124,6 @@ def chinchilla_terms(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     """Forward FLOPs per token three ways: ``kaplan``, ``chinchilla``, ``matmul_exact``."""
-    cfg = validate(cfg)
     T = _check_seq_len(cfg, seq_len)
     L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
     N, K, H, F = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
@@ -194,7 +191,6 @@ def abstract_model(cfg: ModelConfig, dtype: Any = None) -> tuple[Any, Any]:
     from scalinglab.models.transformer import Transformer
 
     dtype = jnp.float32 if dtype is None else dtype
-    cfg = validate(cfg)
     keys = _OneKey()
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=keys, dtype=dtype))  # type: ignore[arg-type]
     return nnx.split(model)
@@ -225,7 +221,6 @@ def measured_flops_per_token(
     """
     from scalinglab.models.jaxpr_flops import count_jaxpr_flops
 
-    cfg = validate(cfg)
     T = _check_seq_len(cfg, seq_len)
     traced = _trace_forward(cfg, T, dtype)
     flops = count_jaxpr_flops(traced.jaxpr)

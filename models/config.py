@@ -38,6 +38,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
 
+    def __post_init__(self) -> None:
+        validate(self)  # every ModelConfig (presets, --set, replace, from_dict) is buildable
+
     # ---- derived, family-dependent properties -------------------------------------
     @property
     def head_dim(self) -> int:
@@ -81,7 +84,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return validate(cls(**{k: v for k, v in d.items() if k in names}))
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
@@ -91,7 +94,7 @@ def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
 
 
 def validate(cfg: ModelConfig) -> ModelConfig:
-    """Return ``cfg`` if it describes a buildable model, else raise UserError."""
+    """Return ``cfg`` if it describes a buildable model, else raise UserError (run by ``__post_init__``)."""
     if cfg.family not in FAMILIES:
         raise UserError(f"unknown family {cfg.family!r}; choose one of {', '.join(FAMILIES)}")
     for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
@@ -172,4 +175,4 @@ def get_config(preset: str, overrides: Mapping[str, Any] | None = None) -> Model
         if key not in fields:
             raise UserError(f"unknown model field {key!r} in --set; fields: {', '.join(fields)}")
         changes[key] = _coerce(fields[key], value) if isinstance(value, str) else value
-    return validate(dataclasses.replace(cfg, **changes))
+    return dataclasses.replace(cfg, **changes)

@@ -26,7 +26,7 @@ import math
 
 from scalinglab.errors import UserError
 from scalinglab.models.accounting import param_counts
-from scalinglab.models.config import FAMILIES, ModelConfig, swiglu_hidden, validate
+from scalinglab.models.config import FAMILIES, ModelConfig, swiglu_hidden
 
 DEFAULT_ASPECT_RATIO = 32.0
 DEFAULT_HEAD_DIM = 16
@@ -119,10 +119,10 @@ def ladder_config(
 
     if n_non_embedding is None:
         L = int(n_layer)
-        return validate(make(L, step * max(1, round(aspect_ratio * L / step))))
+        return make(L, step * max(1, round(aspect_ratio * L / step)))
     target = float(n_non_embedding)
     if n_layer is not None:
-        return validate(_best_width(make, int(n_layer), step, target))
+        return _best_width(make, int(n_layer), step, target)
 
     # Every depth with its N-matching width, until d_L/L falls below the tolerated band.
     candidates = []
@@ -140,8 +140,8 @@ def ladder_config(
 
     in_band = [c for c in candidates if shape_err(c) <= math.log(aspect_tolerance) + 1e-12]
     if not in_band:  # tiny targets: even one layer is off the band; take the closest shape
-        return validate(min(candidates, key=lambda c: (shape_err(c), size_err(c))))
-    return validate(min(in_band, key=lambda c: (size_err(c), shape_err(c))))
+        return min(candidates, key=lambda c: (shape_err(c), size_err(c)))
+    return min(in_band, key=lambda c: (size_err(c), shape_err(c)))
 
 
 def log_spaced_sizes(n_min: float, n_max: float, k: int) -> list[float]:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scalinglab.models.config import ModelConfig, validate
+from scalinglab.models.config import ModelConfig
 
 Dtype = Any
 
@@ -202,7 +202,7 @@ class Transformer(nnx.Module):
     """Decoder-only language model: ``tokens_BT int32 -> logits_BTV float32``.
 
     Args:
-      cfg: the model config (validated here).
+      cfg: the model config (a ModelConfig is valid by construction).
       rngs: ``nnx.Rngs`` used for parameter init.
       dtype: compute dtype; parameters are stored in float32 regardless.
       attention_impl: passed to ``jax.nn.dot_product_attention`` (None → XLA;
@@ -217,7 +217,6 @@ class Transformer(nnx.Module):
         dtype: Dtype = jnp.float32,
         attention_impl: str | None = None,
     ):
-        cfg = validate(cfg)
         self.cfg = cfg
         self.dtype = dtype
         D, V, std = cfg.d_model, cfg.vocab_size, cfg.init_std

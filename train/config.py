@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from scalinglab.cli import parse_set
 from scalinglab.errors import UserError
+from scalinglab.train.options import Part, Schema, option
 
 SCHEDULES = ("cosine", "constant", "wsd")
 WSD_SHAPES = ("linear", "1-sqrt")
@@ -20,56 +22,137 @@ DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
+def parse_mesh(value: str | Mapping[str, Any]) -> dict[str, int]:
+    """``data=2,fsdp=2,tensor=2`` (or a mapping) → ``{"data": 2, "fsdp": 2, "tensor": 2}``.
+
+    Missing axes are omitted (``data`` then takes the devices left); ``-1`` also means "the rest".
+    """
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+        text = ",".join(f"{k}={v}" for k, v in items)
+    elif isinstance(value, str):
+        text = value
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, size = part.partition("=")
+            if not sep:
+                raise UserError(f"--mesh expects data=N,fsdp=N,tensor=N, got {value!r}")
+            items.append((key.strip(), size.strip()))
+    else:
+        raise UserError(f"--mesh expects data=N,fsdp=N,tensor=N, got {value!r}")
+    mesh: dict[str, int] = {}
+    for key, size in items:
+        if key not in MESH_AXES:
+            raise UserError(f"--mesh expects data=N,fsdp=N,tensor=N, got {text!r}")
+        try:
+            n = int(size)
+        except (TypeError, ValueError):
+            raise UserError(f"--mesh: {key} must be an integer, got {size!r}") from None
+        if n == -1:
+            continue
+        if n < 1:
+            raise UserError(f"--mesh: {key} must be ≥ 1")
+        mesh[key] = n
+    return mesh
+
+
+def parse_tokens(value: str | int | float) -> int:
+    """A token count, also in float notation (``2e6``); must be a positive whole number."""
+    if isinstance(value, bool):
+        raise UserError(f"--tokens expects a number of tokens (e.g. 2e6), got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--tokens expects a number of tokens (e.g. 2e6), got {value!r}") from None
+    if not number >= 1 or number != int(number):
+        raise UserError(f"--tokens must be a positive whole number of tokens, got {value!r}")
+    return int(number)
+
+
+def parse_overrides(value: str | Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Model-field overrides: ``--set k=v`` texts (repeatable) or a mapping from a config file."""
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise UserError(f"--set expects key=value (a config file: a mapping of model fields), got {value!r}")
+    return parse_set(items)
+
+
+MODEL, DATA, OPTIMIZER, TRAIN = "model", "data", "optimizer", "train"  # config-file sections
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines one training run (saved as ``config.json["train"]``)."""
+    """Everything that defines one training run (saved as ``config.json["train"]``).
 
-    name: str | None = None
+    Each field is a setting of the training commands: its flag (``--field-name``), config-file
+    key (``section: {field_name: ...}``) and help text come from its :func:`option` declaration.
+    """
+
+    name: str | None = option(None, "run name (default: the run directory's name)", section=TRAIN)
     # model
-    preset: str = "gpt2-tiny"
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    preset: str = option("gpt2-tiny", "model preset, e.g. gpt2-tiny, modern-mini (see `scalinglab params`)",
+                         section=MODEL)
+    overrides: dict[str, Any] = option(
+        default_factory=dict, help="override a model field (repeatable), e.g. n_layer=4", section=MODEL,
+        flag="--set", metavar="KEY=VALUE", parse=parse_overrides, repeat=True, merge=True,
+    )
     # data
-    dataset: str = "local_text"
-    data_dir: str | None = None
-    seq_len: int = 128  # tokens per sequence
-    batch_size: int = 32  # global batch, sequences
-    data_shards: int | None = None  # pipeline shards defining the global stream; None → process count
-    tokens: int | None = None  # token budget; steps = ceil(tokens / (batch_size*seq_len))
-    steps: int | None = None
+    dataset: str = option("local_text", "prepared dataset name (see `scalinglab data prepare`)", section=DATA)
+    data_dir: str | None = option(
+        None, "data directory (default $SCALINGLAB_DATA_DIR or ~/.cache/scalinglab/data)", section=DATA)
+    seq_len: int = option(128, "tokens per sequence", section=DATA)
+    batch_size: int = option(32, "global batch size in sequences (over all devices and processes)", section=TRAIN)
+    data_shards: int | None = option(
+        None, "pipeline shards defining the global batch stream (default: process count)", section=DATA)
+    tokens: int | None = option(None, "training budget in tokens (e.g. 2e6); steps = ceil(tokens / (batch·seq))",
+                                section=TRAIN, parse=parse_tokens, exclusive="length")
+    steps: int | None = option(None, "training length in optimizer steps", section=TRAIN, exclusive="length")
     # optimizer
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup: int | None = None  # steps; None → 5% of the run (at least 1 when steps > 1)
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    wsd_decay: float = 0.2  # fraction of the run in the WSD cooldown
-    wsd_decay_shape: str = "linear"
-    wsd_decay_start: int | None = None  # step where the cooldown starts (set for branched runs)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    clip: float = 1.0  # global-norm clip; 0 disables
-    z_loss: float = 0.0
+    lr: float = option(1e-3, "peak learning rate", section=OPTIMIZER)
+    schedule: str = option("cosine", "learning-rate schedule", section=OPTIMIZER, choices=SCHEDULES)
+    warmup: int | None = option(None, "linear warmup steps (default 5% of the run, at least 1)", section=OPTIMIZER)
+    min_lr_ratio: float = option(0.1, "cosine floor as a fraction of the peak lr", section=OPTIMIZER)
+    wsd_decay: float = option(0.2, "WSD: fraction of the run spent in the cooldown", section=OPTIMIZER)
+    wsd_decay_shape: str = option("linear", "WSD cooldown shape", section=OPTIMIZER, choices=WSD_SHAPES)
+    wsd_decay_start: int | None = option(None, "WSD: step where the cooldown starts (set for branched runs)",
+                                         section=OPTIMIZER, cli=False)
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay (not on norms/biases/embeddings)",
+                                 section=OPTIMIZER)
+    beta1: float = option(0.9, "AdamW beta1", section=OPTIMIZER)
+    beta2: float = option(0.95, "AdamW beta2", section=OPTIMIZER)
+    eps: float = option(1e-8, "AdamW epsilon", section=OPTIMIZER)
+    clip: float = option(1.0, "global gradient-norm clip; 0 disables", section=OPTIMIZER)
+    z_loss: float = option(0.0, "z-loss coefficient (default 0)", section=OPTIMIZER)
     # execution
-    out: str = "runs/default"
-    seed: int = 0
-    mesh: dict[str, int] | None = None  # {"data","fsdp","tensor"}; None → all devices on data
-    grad_accum: int = 1
-    dtype: str = "float32"
-    gns: bool = True  # gradient-noise-scale statistics in the step
-    gns_window: int = 1024  # examples summed per B_simple window (0 → the per-step EMA below)
-    gns_ema: float = 0.95  # EMA decay per step, used only when gns_window == 0
-    max_bad_steps: int = 5  # consecutive non-finite steps that stop the run
+    out: str = option("runs/default", "run directory", section=TRAIN)
+    seed: int = option(0, "random seed (init and data order)", section=TRAIN)
+    mesh: dict[str, int] | None = option(
+        None, "device mesh, e.g. data=4,fsdp=2,tensor=1 (default: all devices on data)", section=TRAIN,
+        parse=parse_mesh)
+    grad_accum: int = option(1, "microbatches per step (gradient accumulation)", section=TRAIN)
+    dtype: str = option("float32", "compute dtype (parameters stay float32)", section=TRAIN, choices=DTYPES)
+    gns: bool = option(True, "skip the gradient-noise-scale statistics", section=TRAIN)
+    gns_window: int = option(1024, "examples summed per B_simple window (0: the per-step EMA, --gns-ema)",
+                             section=TRAIN)
+    gns_ema: float = option(0.95, "EMA decay per step of the noise-scale statistics (only with --gns-window 0)",
+                            section=TRAIN)
+    max_bad_steps: int = option(5, "stop after K consecutive non-finite steps", section=TRAIN)
     # logging / eval / checkpoints
-    eval_every: int = 100
-    eval_batches: int = 4
-    eval_batch_size: int | None = None  # None → batch_size
-    log_every: int = 10
-    checkpoint_every: int = 200  # 0 → only at the end (and on SIGTERM)
-    keep_checkpoints: int = 3
-    resume: bool = False
-    branch_from: str | None = None
-    branch_step: int | None = None
+    eval_every: int = option(100, "evaluate on the fixed validation batches every K steps (0: only at the end)",
+                             section=TRAIN)
+    eval_batches: int = option(4, "number of validation batches", section=TRAIN)
+    eval_batch_size: int | None = option(None, "validation batch size in sequences (default: --batch-size)",
+                                         section=TRAIN)
+    log_every: int = option(10, "write a metrics.jsonl record every K steps", section=TRAIN)
+    checkpoint_every: int = option(200, "save a checkpoint every K steps (0: only at the end and on SIGTERM)",
+                                   section=TRAIN)
+    keep_checkpoints: int = option(3, "keep the newest N checkpoints (plus WSD branch points)", section=TRAIN)
+    resume: bool = option(False, "continue from the newest complete checkpoint in --out", section=TRAIN)
+    branch_from: str | None = option(
+        None, "WSD: branch a cooldown from this (stable-phase) run's checkpoint", section=TRAIN, metavar="DIR")
+    branch_step: int | None = option(None, "WSD: the checkpoint step to branch from", section=TRAIN, metavar="S")
 
     # ---- JSON -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +211,10 @@ class TrainConfig:
                 f"{n} devices, but {n_devices} are available"
             )
         return shape
+
+
+# `scalinglab train`'s settings: every TrainConfig field (flags, config-file keys; see train/options.py).
+TRAIN_SCHEMA = Schema("train", Part(TrainConfig))
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 from scalinglab.errors import UserError
+from scalinglab.train.config import TrainConfig
+from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
+from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_table
 
 # The CPU demo ladder: budgets in training FLOPs per run, sizes in non-embedding parameters.
@@ -62,10 +65,12 @@ def ensure_prepared(dataset: str, data_dir: str | None, log, config: dict | None
 
 
 def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None = None,
-             log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
-    """Run the whole demo into ``out``; returns the report directory."""
+             log=lambda s: print(s, file=sys.stderr, flush=True), resolved_config: dict | None = None) -> Path:
+    """Run the whole demo into ``out``; returns the report directory.
+
+    ``resolved_config``: the command's settings, written as ``out/config.yaml`` once the data is ready.
+    """
     from scalinglab.scaling.report import write_report
-    from scalinglab.train.config import TrainConfig
     from scalinglab.train.ladder import run_ladder
     from scalinglab.train.sweep import run_sweep
 
@@ -73,6 +78,8 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
     out = Path(out)
     dataset, config = SYNTHETIC_DATASET if synthetic else ("local_text", None)
     ds = ensure_prepared(dataset, data_dir, log, config)
+    if resolved_config is not None:
+        write_config_file(out / RESOLVED_CONFIG, resolved_config)
     spec = dataclasses.replace(DEMO_SPEC, vocab_size=int(ds.vocab_size))
     runs = plan_ladder(spec)
     log(plan_table(runs))
@@ -94,17 +101,30 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
     return report_dir
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """The demo's settings (config-file section ``demo``; the data directory is ``data.data_dir``)."""
+
+    synthetic: bool = option(
+        False, "use the synthetic Markov source (known entropy rate) instead of the stdlib corpus")
+    out: str | None = option(None, "output directory (default runs/demo; runs/demo-synthetic with --synthetic)")
+
+
+SCHEMA = Schema("demo", Part(DemoOptions, section="demo"), Part(TrainConfig, include=("data_dir",)))
+
+
 def _demo(args: argparse.Namespace) -> int:
-    out = args.out or ("runs/demo-synthetic" if args.synthetic else "runs/demo")
-    report = run_demo(out, synthetic=args.synthetic, data_dir=args.data_dir)
+    values = SCHEMA.values(args)
+    opts: DemoOptions = SCHEMA.build(DemoOptions, values)
+    data: TrainConfig = SCHEMA.build(TrainConfig, values)
+    out = opts.out or ("runs/demo-synthetic" if opts.synthetic else "runs/demo")
+    resolved = SCHEMA.dump(dataclasses.replace(opts, out=out), data)
+    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved)
     print(report / "report.md")
     return 0
 
 
 def register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on CPU: a ladder, a batch sweep and the report")
-    p.add_argument("--synthetic", action="store_true",
-                   help="use the synthetic Markov source (known entropy rate) instead of the stdlib corpus")
-    p.add_argument("--out", default=None, help="default runs/demo (runs/demo-synthetic with --synthetic)")
-    p.add_argument("--data-dir", default=None)
+    SCHEMA.add_flags(p)
     p.set_defaults(func=_demo)

@@ -11,13 +11,14 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.train.config import TrainConfig
+from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 from scalinglab.train.plan import PlannedRun, format_seconds
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
@@ -104,11 +105,13 @@ def run_ladder(
     *,
     train_fn: Callable[[TrainConfig], dict] | None = None,
     log: Callable[[str], None] = lambda s: sys.stderr.write(s + "\n"),
+    resolved_config: Mapping[str, Any] | None = None,
     **train_kwargs: Any,
 ) -> list[dict]:
     """Train every planned run that is not finished; returns the summaries of all runs.
 
     ``train_kwargs`` go to :class:`TrainConfig` (dataset, data_dir, seed, dtype, eval_every...).
+    ``resolved_config``: the command's settings, written as ``config.yaml`` beside ``plan.json``.
     """
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn
@@ -116,6 +119,8 @@ def run_ladder(
     out_dir.mkdir(parents=True, exist_ok=True)
     check_plan_compatible(out_dir, runs)
     atomic_write_json(out_dir / "plan.json", {"runs": [r.to_dict() for r in runs], "train": train_kwargs})
+    if resolved_config is not None:
+        write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
 
     progress = OverallProgress(runs)
     summaries: list[dict] = []

@@ -42,7 +42,8 @@ from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train import step as step_lib
-from scalinglab.train.config import TrainConfig, validate
+from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
+from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 from scalinglab.train.optimizer import optimizer_from_config
 from scalinglab.train.schedules import schedule_from_config, wsd_decay_steps
 
@@ -302,6 +303,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_FILE, _config_json(cfg, model_cfg, ds))
+        write_config_file(run_dir / RESOLVED_CONFIG, TRAIN_SCHEMA.dump(cfg))
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints, keep_steps=_wsd_keep_steps(cfg))
     start_step, state, resumed = 0, None, False
     extra: dict[str, Any] = {}

@@ -21,31 +21,36 @@ from scalinglab.errors import UserError
 from scalinglab.models import accounting
 from scalinglab.models.config import ModelConfig
 from scalinglab.models.ladder import ladder_config
+from scalinglab.train.options import option
 
+PLANS = ("isoflop", "sizes")
 # Fewer steps than this and rounding D to whole batches moves C by more than 1%.
 MIN_STEPS = 100
 
 
 @dataclasses.dataclass(frozen=True)
 class LadderSpec:
-    """What the user asked for (``scalinglab ladder`` flags)."""
+    """What the user asked for (``scalinglab ladder`` flags; config-file section ``ladder``)."""
 
-    plan: str = "isoflop"  # "isoflop" | "sizes"
-    budgets: tuple[float, ...] = (1e12, 3e12, 1e13)  # training FLOPs per run (isoflop)
-    sizes: tuple[float, ...] = ()  # target non-embedding N (sizes plan, or fixed isoflop sizes)
-    tokens: tuple[float, ...] = ()  # token budgets D per size (sizes plan)
-    family: str = "gpt2"
-    sizes_per_budget: int = 5
-    size_span: float = 32.0  # N_max / N_min within one budget (isoflop)
-    tokens_per_param: float = 20.0  # centre of the isoflop sizes: D/N at the guessed optimum
-    aspect_ratio: float = 32.0  # d_model / n_layer of the ladder models
-    head_dim: int = 16
-    seq_len: int = 64
-    batch_size: int = 16  # global, in sequences
-    vocab_size: int = 257
-    lr: float = 3e-3
-    warmup_frac: float = 0.05
-    min_size: float = 1.0  # smallest non-embedding N allowed (tiny configs collapse below ~1e3)
+    plan: str = option("isoflop", "isoflop or sizes", choices=PLANS)
+    budgets: tuple[float, ...] = option((1e12, 3e12, 1e13), "training FLOP budgets per run (isoflop), "
+                                        "e.g. 1e12,3e12,1e13")
+    sizes: tuple[float, ...] = option((), "target non-embedding parameter counts (sizes plan, or fixed isoflop "
+                                      "sizes), e.g. 1e4,3e4,1e5")
+    tokens: tuple[float, ...] = option((), "token budgets D per size for --plan sizes, e.g. 1e6,3e6")
+    family: str = option("gpt2", "gpt2 or modern")
+    sizes_per_budget: int = option(5, "isoflop sizes per budget")
+    size_span: float = option(32.0, "N_max/N_min within a budget (isoflop)")
+    tokens_per_param: float = option(20.0, "D/N at the centre of each budget's sizes (default 20, "
+                                     "Chinchilla's optimum)")
+    aspect_ratio: float = option(32.0, "d_model / n_layer of the ladder models")
+    head_dim: int = option(16, "attention head size")
+    seq_len: int = option(64, "tokens per sequence")
+    batch_size: int = option(16, "global batch in sequences")
+    vocab_size: int = option(257, "vocabulary size (default: the dataset's tokenizer)")
+    lr: float = option(3e-3, "peak learning rate")
+    warmup_frac: float = option(0.05, "linear warmup as a fraction of each run's steps")
+    min_size: float = option(1.0, "smallest target non-embedding N (tiny configs collapse below ~1e3)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +156,7 @@ def isoflop_sizes(spec: LadderSpec, budget: float) -> list[float]:
 
 def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
     """Expand a :class:`LadderSpec` into concrete runs (deterministic: same spec, same plan)."""
-    if spec.plan not in ("isoflop", "sizes"):
+    if spec.plan not in PLANS:
         raise UserError(f"unknown plan {spec.plan!r}; choose isoflop or sizes")
     if spec.plan == "isoflop":
         if not spec.budgets:
@@ -192,19 +197,25 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
 
 
 def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None) -> str:
-    """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time)."""
-    head = f"{'run':<22}{'N':>11}{'N_total':>11}{'D tokens':>12}{'C FLOPs':>11}{'D/N':>8}{'steps':>7}"
-    if flops_per_s:
-        head += f"{'est. time':>11}"
-    lines = [head, "-" * len(head)]
+    """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time).
+
+    Columns are as wide as their widest cell and separated by two spaces, so large counts
+    (``144,787,136``) never run into their neighbours.
+    """
+    head = ["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps"] + (["est. time"] if flops_per_s else [])
+    rows = []
     for r in runs:
-        line = (
-            f"{r.name:<22}{r.non_embedding:>11,}{r.total:>11,}{r.tokens:>12.3g}{r.flops:>11.3g}"
-            f"{r.tokens / r.non_embedding:>8.1f}{r.steps:>7}"
-        )
+        row = [r.name, f"{r.non_embedding:,}", f"{r.total:,}", f"{r.tokens:.3g}", f"{r.flops:.3g}",
+               f"{r.tokens / r.non_embedding:.1f}", str(r.steps)]
         if flops_per_s:
-            line += f"{format_seconds(r.flops / flops_per_s):>11}"
-        lines.append(line)
+            row.append(format_seconds(r.flops / flops_per_s))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: list[str]) -> str:  # the run name left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    lines = [fmt(head), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt(row) for row in rows]
     total = sum(r.flops for r in runs)
     foot = f"{len(runs)} runs, {total:.3g} training FLOPs in all"
     if flops_per_s:

@@ -34,11 +34,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.train.config import TrainConfig, validate
+from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule
@@ -182,6 +183,7 @@ def run_sweep(
     extend_grid: int = 0,
     train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
+    resolved_config: Mapping[str, Any] | None = None,
     **cadence: int | None,
 ) -> dict[str, Any]:
     """Train (or resume, or skip) every run of the sweep into ``out``; returns ``sweep.json``'s content.
@@ -190,6 +192,7 @@ def run_sweep(
     more batch sizes, but not with different shared settings (model, data, tokens, lr rule...).
     ``extend_grid`` (grid rule only): up to that many extra runs per batch size beyond an edge optimum.
     ``cadence``: ``log_every``, ``eval_every``, ``checkpoint_every`` for :func:`plan_sweep`.
+    ``resolved_config``: the command's settings, written as ``config.yaml`` beside ``sweep.json``.
     """
     if extend_grid < 0:
         raise UserError(f"--extend-grid must be >= 0, got {extend_grid}")
@@ -224,6 +227,8 @@ def run_sweep(
             meta["runs"][str(r.batch_size)] = r.subdir
             meta["lr"][str(r.batch_size)] = r.lr
     atomic_write_json(meta_path, meta)
+    if resolved_config is not None:
+        write_config_file(out / RESOLVED_CONFIG, resolved_config)
 
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn  # heavy import only when training

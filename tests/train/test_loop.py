@@ -11,6 +11,7 @@ from scalinglab.fileio import read_json
 from scalinglab.models import accounting
 from scalinglab.models.config import get_config
 from scalinglab.train.checkpoint import load_params
+from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig
 from scalinglab.train.loop import train
 from scalinglab.train.metrics import read_metrics
 
@@ -68,6 +69,10 @@ def _check_run_directory(make_config, out, summary):
     assert summary["final_eval_loss"] == records[-1]["eval_loss"] and summary["steps"] == 4
     assert summary["best_eval_loss"] == min(r["eval_loss"] for r in records if "eval_loss" in r)
     assert list((out / "tb").iterdir())
+    # config.yaml: the run's settings by section; as --config it gives back the same TrainConfig
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    assert TRAIN_SCHEMA.build(TrainConfig, TRAIN_SCHEMA.read_file(out / "config.yaml")) == make_config(
+        out, steps=4, eval_every=2, mesh=mesh)
     # a finished run resumes to its summary; a fresh run into a used directory is refused
     assert train(make_config(out, steps=4, resume=True), progress=False) == summary
     with pytest.raises(UserError, match="already holds checkpoints"):

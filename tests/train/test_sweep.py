@@ -197,6 +197,12 @@ def test_tiny_sweep_end_to_end_gives_finite_positive_bcrit(tmp_path, data_dir, d
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = read_json(sweep_dir / "sweep.json")
     assert meta["batch_sizes"] == [4, 8, 16] and meta["lr_rule"] == "sqrt"
+    # config.yaml: the sweep's resolved settings; as --config it repeats the same sweep
+    from scalinglab.cli import build_parser
+    from scalinglab.train.sweep_cli import settings
+
+    again = build_parser().parse_args(["batch-sweep", "--config", str(sweep_dir / "config.yaml")])
+    assert settings(again) == settings(build_parser().parse_args(cmd))
     for b, sub in meta["runs"].items():
         cfg = read_json(sweep_dir / sub / "config.json")["train"]
         assert cfg["batch_size"] == int(b) and cfg["steps"] == 32 * 60 // int(b)
