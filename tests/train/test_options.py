@@ -28,8 +28,8 @@ FLAGS_BEFORE = {
               "--eval-every --family --head-dim --json --ladder-preset --log-every --lr --mesh --out --plan --seed "
               "--seq-len --size-span --sizes --sizes-per-budget --throughput --tokens --tokens-per-param --vocab-size",
     "batch-sweep": "--base-batch --batch-sizes --checkpoint-every --clip --data-dir --dataset --dtype --eval-batches "
-                   "--eval-every --extend-grid --json --log-every --lr --lr-grid --lr-rule --mesh --no-gns --out --preset "
-                   "--schedule --seed --seq-len --set --tokens --warmup --weight-decay",
+                   "--eval-every --extend-grid --json --log-every --lr --lr-grid --lr-rule --mesh --no-gns --out "
+                   "--preset --schedule --seed --seq-len --set --tokens --warmup --weight-decay",
     "demo": "--data-dir --out --synthetic",
 }
 
@@ -62,7 +62,8 @@ def test_old_defaults_kept():
                                                                                          "gpt2-tiny", 2_000_000, True)
     assert (opts.batch_sizes, opts.lr_rule, opts.lr_grid, opts.base_batch, opts.extend_grid) == (
         (8, 16, 32, 64, 128), "grid", (0.25, 0.5, 1.0, 2.0, 4.0), None, 0)
-    assert sweep_cli.settings(_parse("batch-sweep", "--tokens", "2e6", "--out", "sw", "--extend-grid"))[1].extend_grid == 2
+    _, opts = sweep_cli.settings(_parse("batch-sweep", "--tokens", "2e6", "--out", "sw", "--extend-grid"))
+    assert opts.extend_grid == 2
     spec, _ = ladder_cli.spec_from_args(_parse("ladder"))
     assert spec == LadderSpec()
     values = ladder_cli.SCHEMA.values(_parse("ladder"))
