@@ -144,8 +144,9 @@ def load_source(path: str | os.PathLike, *, include_incomplete: bool = False,
                 exclude_sweeps: bool = False, columns: dict[str, str] | None = None) -> RunTable:
     """Load a CSV file, a run directory, or a directory of run directories (recursive).
 
-    ``exclude_sweeps``: skip run directories inside a batch sweep (a folder with ``sweep.json``):
-    a ladder's report fits its size ladder, and analyses the sweep separately.
+    ``exclude_sweeps``: skip run directories inside a batch sweep (a folder with ``sweep.json``) or a
+    ladder's learning-rate search (``lr_search.json``): a ladder's report fits its size ladder, and
+    analyses the sweep separately.
     ``columns``: for a CSV, ``{known name: header in the file}`` (see :func:`parse_columns`).
     """
     p = Path(path)
@@ -159,7 +160,7 @@ def load_source(path: str | os.PathLike, *, include_incomplete: bool = False,
         return _table_from_runs([p], str(p), include_incomplete)
     run_dirs = []
     for d, subdirs, files in os.walk(p):
-        if exclude_sweeps and "sweep.json" in files:
+        if exclude_sweeps and ("sweep.json" in files or "lr_search.json" in files):
             subdirs[:] = []  # do not descend into the sweep's runs
             continue
         if "config.json" in files and "metrics.jsonl" in files:

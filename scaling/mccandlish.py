@@ -173,6 +173,7 @@ def write_sweep(
         runs[str(b)] = best
     meta = {"kind": "batch-sweep", "batch_sizes": sorted(int(b) for b in batch_sizes),
             "lr_rule": "grid" if len(factors) > 1 else "sqrt", "runs": runs, "grid": grid,
-            "lr": {b: grid[b][sub] for b, sub in runs.items()}}
+            "lr": {b: grid[b][sub] for b, sub in runs.items()},
+            "settings": {"lr_grid": list(factors) if len(factors) > 1 else None}}
     (root / "sweep.json").write_text(json.dumps(meta))
     return root

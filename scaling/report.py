@@ -121,6 +121,13 @@ def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets
         f"validation batches (nats/token); C is the exact training compute (3 × the matmul-exact forward "
         f"FLOPs per token × tokens); N is Kaplan's non-embedding parameter count. Intervals are "
         f"{n_bootstrap}-resample bootstrap percentiles (95%)."))
+    from scalinglab.scaling.protocol import describe_protocol
+
+    protocol_lines, fits["hyperparameter_protocol"] = describe_protocol(runs_dir)
+    if protocol_lines:
+        doc.append(Heading("Hyperparameter protocol"))
+        for line in protocol_lines:
+            doc.append(Paragraph(line))
     doc.append(Heading("Runs"))
     rows = []
     for i in np.argsort(table.flops * 1e30 + table.params):

@@ -1,13 +1,17 @@
 """Running a planned ladder: train what is missing, resume what is partial, skip what is finished.
 
-A ladder directory holds ``plan.json`` (the planned runs) and one run directory per run,
-named by :attr:`PlannedRun.name`. A run directory with ``summary.json`` is finished and is
+A ladder directory holds ``plan.json`` (the planned runs, each with where its hyperparameters
+came from) and one run directory per run, named by :attr:`PlannedRun.name`. Under the ``search``
+learning-rate protocol the search runs (``lr_search/...``) are trained first, then
+``lr_search/lr_search.json`` records each searched size's best lr and the fitted lr_opt(N), which
+sets the lr of every ladder run before it is trained. A run directory with ``summary.json`` is finished and is
 never trained again; one with checkpoints but no summary resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,9 +21,10 @@ import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
-from scalinglab.train.plan import PlannedRun, format_seconds
+from scalinglab.train.plan import SEARCH_DIR, PlannedRun, format_seconds
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
 _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "n_ctx", "vocab_size", "tie_embeddings")
@@ -27,6 +32,8 @@ _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "n_ctx", "
 
 def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> TrainConfig:
     """The TrainConfig that trains ``run`` (cosine to its own length) into ``out_dir/run.name``."""
+    if run.lr is None:
+        raise UserError(f"run {run.name} has no learning rate yet (pending the lr search)")
     cfg = run.config.to_dict()
     run_dir = out_dir / run.name
     return TrainConfig(
@@ -37,6 +44,7 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
         batch_size=run.batch_size,
         steps=run.steps,
         lr=run.lr,
+        beta2=run.beta2,
         schedule="cosine",
         warmup=run.warmup,
         out=str(run_dir),
@@ -99,49 +107,115 @@ def check_plan_compatible(out_dir: Path, runs: Sequence[PlannedRun]) -> None:
             raise UserError(f"{out_dir / run.name} exists with a different {what}; use another --out")
 
 
+def _final_loss(summary: dict) -> float:
+    for key in ("final_eval_loss", "final_loss"):
+        try:
+            v = float(summary.get(key))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            return v
+    return math.inf
+
+
+def resolve_lrs(runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun],
+                summaries: Sequence[dict]) -> tuple[list[PlannedRun], dict]:
+    """Ladder runs with their lr set from the search (``summaries`` of ``search_runs``, same order).
+
+    Returns (runs, record): record holds each searched size's losses per lr, best lr (parabola in log
+    lr, :func:`scalinglab.train.lr_protocol.best_lr`) and edge flag, and the fitted law lr_opt(N).
+    """
+    by_size: dict[int, dict[float, float]] = {}
+    for r, summ in zip(search_runs, summaries):
+        by_size.setdefault(r.non_embedding, {})[float(r.lr)] = _final_loss(summ)
+    sizes = []
+    for n, losses in sorted(by_size.items()):
+        best, edge = lrp.best_lr(losses)
+        sizes.append({"non_embedding": n, "losses": {f"{lr:.6g}": v for lr, v in sorted(losses.items())},
+                      "best_lr": best, "at_edge": edge})
+    law = lrp.fit_lr_law([s["non_embedding"] for s in sizes], [s["best_lr"] for s in sizes])
+    source = (f"lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}, fitted to the best lr of {len(sizes)} sizes "
+              f"searched at the smallest budget ({SEARCH_DIR}/lr_search.json)")
+    resolved = [
+        r if r.lr is not None else dataclasses.replace(
+            r, lr=lrp.lr_from_law(law, r.non_embedding),
+            hparams=tuple((k, v) for k, v in r.hparams if k != "lr") + (("lr", source),))
+        for r in runs
+    ]
+    warnings = [f"lr search: the best lr of N={s['non_embedding']:,} is at the edge of the grid ({s['best_lr']:.3g}); "
+                "widen --lr-grid" for s in sizes if s["at_edge"]]
+    return resolved, {"sizes": sizes, "law": law, "warnings": warnings}
+
+
 def run_ladder(
     runs: Sequence[PlannedRun],
     out_dir: str | Path,
     *,
+    search_runs: Sequence[PlannedRun] = (),
     train_fn: Callable[[TrainConfig], dict] | None = None,
     log: Callable[[str], None] = lambda s: sys.stderr.write(s + "\n"),
     resolved_config: Mapping[str, Any] | None = None,
     **train_kwargs: Any,
 ) -> list[dict]:
-    """Train every planned run that is not finished; returns the summaries of all runs.
+    """Train every planned run that is not finished; returns the summaries of the ladder runs.
 
-    ``train_kwargs`` go to :class:`TrainConfig` (dataset, data_dir, seed, dtype, eval_every...).
-    ``resolved_config``: the command's settings, written as ``config.yaml`` beside ``plan.json``.
+    ``search_runs`` (:func:`scalinglab.train.plan.plan_lr_search`) are trained first and set the lr
+    of runs whose lr is pending. ``train_kwargs`` go to :class:`TrainConfig` (dataset, data_dir,
+    seed, dtype, eval_every...). ``resolved_config``: the command's settings, written as
+    ``config.yaml`` beside ``plan.json``.
     """
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn
+    if any(r.lr is None for r in runs) and not search_runs:
+        raise UserError("the ladder's learning rates are pending an lr search, but no search runs were given")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_plan_compatible(out_dir, runs)
-    atomic_write_json(out_dir / "plan.json", {"runs": [r.to_dict() for r in runs], "train": train_kwargs})
+    check_plan_compatible(out_dir, [*search_runs, *runs])
     if resolved_config is not None:
         write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
 
-    progress = OverallProgress(runs)
-    summaries: list[dict] = []
-    n = len(runs)
-    for i, run in enumerate(runs):
+    def write_plan(ladder_runs: Sequence[PlannedRun], search: dict | None = None) -> None:
+        plan = {"runs": [r.to_dict() for r in ladder_runs], "lr_search": [r.to_dict() for r in search_runs],
+                "train": train_kwargs}
+        if search is not None:
+            plan["lr_law"] = search["law"]
+        atomic_write_json(out_dir / "plan.json", plan)
+
+    write_plan(runs)
+    progress = OverallProgress([*search_runs, *runs])
+    everything = [*search_runs, *runs]
+    n = len(everything)
+
+    def train_one(i: int, run: PlannedRun) -> dict:
         run_dir = out_dir / run.name
         if is_finished(run_dir):
             log(f"[ladder {i + 1}/{n}] {run.name}: finished, skipped")
-            summaries.append(read_json(run_dir / "summary.json"))
-            continue
-        left = progress.remaining(runs[i:])
+            return read_json(run_dir / "summary.json")
+        left = progress.remaining(everything[i:])
         eta = f", ~{format_seconds(left)} left overall" if left is not None else ""
         state = "resuming" if (run_dir / "checkpoints").exists() else "training"
         log(
             f"[ladder {i + 1}/{n}] {state} {run.name}: N={run.non_embedding:,} D={run.tokens:.3g} tokens "
-            f"({run.steps} steps) C={run.flops:.3g} FLOPs{eta}"
+            f"({run.steps} steps) C={run.flops:.3g} FLOPs lr={run.lr:.3g}{eta}"
         )
         t0 = time.perf_counter()
-        summaries.append(train_fn(train_config_for(run, out_dir, **train_kwargs)))
+        summary = train_fn(train_config_for(run, out_dir, **train_kwargs))
         progress.record(run, time.perf_counter() - t0)
-    return summaries
+        return summary
+
+    if search_runs and not (out_dir / SEARCH_DIR / "lr_search.json").exists():  # marks the folder at once
+        atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", "status": "running"})
+    search_summaries = [train_one(i, r) for i, r in enumerate(search_runs)]
+    if search_runs:
+        runs, record = resolve_lrs(runs, search_runs, search_summaries)
+        atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", **record})
+        for w in record["warnings"]:
+            log(f"[ladder] warning: {w}")
+        law = record["law"]
+        log(f"[ladder] lr search done: lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}")
+        write_plan(runs, record)
+    everything = [*search_runs, *runs]
+    return [train_one(len(search_runs) + i, r) for i, r in enumerate(runs)]
 
 
 def plan_from_dir(out_dir: str | Path) -> list[dict]:

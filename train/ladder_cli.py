@@ -11,7 +11,8 @@ from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.options import Part, Schema, option
-from scalinglab.train.plan import LADDER_PRESETS, LadderSpec, format_seconds, plan_ladder, plan_table
+from scalinglab.train.plan import (LADDER_PRESETS, LadderSpec, format_seconds, plan_ladder, plan_lr_search,
+                                   plan_table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +25,8 @@ class LadderOptions:
 
 
 # TrainConfig fields the plan sets for each run; every other one applies to all runs of the ladder.
-PLANNED = ("name", "preset", "overrides", "seq_len", "batch_size", "tokens", "steps", "lr", "schedule", "warmup",
-           "out", "resume", "branch_from", "branch_step", "wsd_decay", "wsd_decay_shape", "wsd_decay_start")
+PLANNED = ("name", "preset", "overrides", "seq_len", "batch_size", "tokens", "steps", "lr", "beta2", "schedule",
+           "warmup", "out", "resume", "branch_from", "branch_step", "wsd_decay", "wsd_decay_shape", "wsd_decay_start")
 SCHEMA = Schema(
     "ladder",
     Part(LadderOptions, section="ladder"),
@@ -81,19 +82,20 @@ def _ladder(args: argparse.Namespace) -> int:
         if vocab is not None:
             spec = dataclasses.replace(spec, vocab_size=vocab)
     runs = plan_ladder(spec)
+    search = plan_lr_search(spec, runs)
     flops_per_s = opts.throughput
     if flops_per_s is None and "preset" in extra:
         flops_per_s = extra["preset"].peak_flops_per_s * extra["preset"].assumed_mfu
     if args.dry_run:
         if args.json:
-            emit_json([r.to_dict() for r in runs])
+            emit_json([r.to_dict() for r in [*search, *runs]])
         else:
-            print(plan_table(runs, flops_per_s))
+            print(plan_table([*search, *runs], flops_per_s))
         return 0
-    print(plan_table(runs, flops_per_s), file=sys.stderr)
+    print(plan_table([*search, *runs], flops_per_s), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
-    summaries = run_ladder(runs, opts.out, resolved_config=SCHEMA.dump(opts, spec, shared),
+    summaries = run_ladder(runs, opts.out, search_runs=search, resolved_config=SCHEMA.dump(opts, spec, shared),
                            **SCHEMA.fields_of(TrainConfig, values))
     if args.json:
         emit_json(summaries)

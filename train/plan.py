@@ -9,6 +9,11 @@ Two kinds of plan:
 
 Every number comes from :mod:`scalinglab.models.accounting` (exact integer FLOPs per token),
 so the planned compute of each run equals its budget up to rounding D to whole steps.
+
+Hyperparameters per size follow ``lr_protocol`` (:mod:`scalinglab.train.lr_protocol`): under
+``search`` (default) the ladder runs' learning rate is left pending (``lr`` None) and
+:func:`plan_lr_search` lists the search runs that will set it; every run records where each of its
+hyperparameters came from (``hparams``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from scalinglab.errors import UserError
 from scalinglab.models import accounting
 from scalinglab.models.config import ModelConfig
 from scalinglab.models.ladder import ladder_config
+from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.options import option
 
 PLANS = ("isoflop", "sizes")
@@ -48,8 +54,15 @@ class LadderSpec:
     seq_len: int = option(64, "tokens per sequence")
     batch_size: int = option(16, "global batch in sequences")
     vocab_size: int = option(257, "vocabulary size (default: the dataset's tokenizer)")
-    lr: float = option(3e-3, "peak learning rate")
-    warmup_frac: float = option(0.05, "linear warmup as a fraction of each run's steps")
+    lr: float = option(3e-3, "peak learning rate (--lr-protocol fixed) or the centre of the lr search grid")
+    warmup_frac: float = option(0.05, "linear warmup as a fraction of each run's steps (--lr-protocol fixed)")
+    lr_protocol: str = option("search", "search (default): an lr grid at the smallest budget for a few sizes, then "
+                              "a fitted lr_opt(N) for every run, warmup = N tokens and beta2 0.99 at small batches "
+                              "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run",
+                              choices=lrp.PROTOCOLS)
+    lr_grid: tuple[float, ...] = option(lrp.DEFAULT_LR_GRID, "lr factors x --lr tried per searched size")
+    lr_search_sizes: int = option(3, "sizes of the smallest budget the lr search trains, spread evenly in log N "
+                                  "(0 = all)")
     min_size: float = option(1.0, "smallest target non-embedding N (tiny configs collapse below ~1e3)")
 
 
@@ -66,8 +79,11 @@ class PlannedRun:
     steps: int
     batch_size: int  # sequences
     seq_len: int  # tokens per sequence
-    lr: float
+    lr: float | None  # None: pending, set by run_ladder from the lr search
     warmup: int  # steps
+    beta2: float = 0.95
+    role: str = "ladder"  # "ladder" | "search"
+    hparams: tuple[tuple[str, str], ...] = ()  # (hyperparameter, where its value came from)
 
     @property
     def tokens(self) -> int:
@@ -93,6 +109,9 @@ class PlannedRun:
             "seq_len": self.seq_len,
             "lr": self.lr,
             "warmup": self.warmup,
+            "beta2": self.beta2,
+            "role": self.role,
+            "hparams": dict(self.hparams),
             "train_flops_per_token": self.train_flops_per_token,
             "config": self.config.to_dict(),
         }
@@ -126,18 +145,33 @@ def _run(spec: LadderSpec, cfg: ModelConfig, n_tokens: float, budget: float, nam
             f"run {name}: only {steps} steps of {tokens_per_step} tokens fit its budget "
             f"(need ≥ {MIN_STEPS}); raise the budget or lower --batch-size/--seq-len"
         )
+    n = int(counts["non_embedding"])
+    if spec.lr_protocol == "fixed":
+        warmup = max(1, int(round(spec.warmup_frac * steps)))
+        lr, beta2 = spec.lr, 0.95
+        hparams = (("lr", "fixed: --lr for every run"), ("warmup", f"fixed: {spec.warmup_frac:g} of the run"),
+                   ("beta2", "fixed: 0.95"), ("batch_size", "fixed: --batch-size"))
+    else:
+        warmup = lrp.porian_warmup(n, tokens_per_step, steps)
+        lr, beta2 = None, lrp.porian_beta2(spec.batch_size)
+        hparams = (("lr", "pending: lr_opt(N) fitted to the lr search (lr_search/lr_search.json)"),
+                   ("warmup", "Porian et al. 2024: N tokens (at most a quarter of the run)"),
+                   ("beta2", f"Porian et al. 2024: 0.99 below {lrp.SMALL_BATCH} sequences per batch, else 0.95"),
+                   ("batch_size", "fixed: --batch-size"))
     return PlannedRun(
         name=name,
         budget=float(budget),
         config=cfg,
-        non_embedding=int(counts["non_embedding"]),
+        non_embedding=n,
         total=int(counts["total"]),
         train_flops_per_token=int(fpt),
         steps=steps,
         batch_size=spec.batch_size,
         seq_len=spec.seq_len,
-        lr=spec.lr,
-        warmup=max(1, int(round(spec.warmup_frac * steps))),
+        lr=lr,
+        warmup=warmup,
+        beta2=beta2,
+        hparams=hparams,
     )
 
 
@@ -158,6 +192,12 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
     """Expand a :class:`LadderSpec` into concrete runs (deterministic: same spec, same plan)."""
     if spec.plan not in PLANS:
         raise UserError(f"unknown plan {spec.plan!r}; choose isoflop or sizes")
+    if spec.lr_protocol not in lrp.PROTOCOLS:
+        raise UserError(f"unknown --lr-protocol {spec.lr_protocol!r}; choose {' or '.join(lrp.PROTOCOLS)}")
+    if spec.lr_protocol == "search" and (len(set(spec.lr_grid)) < 3 or min(spec.lr_grid) <= 0):
+        raise UserError(f"--lr-grid needs at least three distinct positive factors, got {list(spec.lr_grid)}")
+    if not spec.lr > 0:
+        raise UserError(f"--lr must be positive, got {spec.lr}")
     if spec.plan == "isoflop":
         if not spec.budgets:
             raise UserError("--plan isoflop needs --budgets")
@@ -196,17 +236,47 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
     return runs
 
 
+def plan_lr_search(spec: LadderSpec, runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The search runs of the ``search`` protocol (none under ``fixed``), trained before the ladder.
+
+    The smallest budget's sizes (``lr_search_sizes`` of them, evenly spread in log N including the
+    smallest and largest; 0 = all), each at every ``lr_grid`` factor × ``spec.lr``, with that budget's
+    steps, warmup and β2. Names: ``lr_search/<ladder run>-lr<lr>`` (a sub-directory of the ladder).
+    """
+    if spec.lr_protocol != "search":
+        return []
+    budget = min(r.budget for r in runs)
+    sizes = sorted((r for r in runs if r.budget == budget), key=lambda r: r.non_embedding)
+    k = spec.lr_search_sizes
+    if 0 < k < len(sizes):
+        picks = sorted({round(i * (len(sizes) - 1) / max(k - 1, 1)) for i in range(k)})
+        sizes = [sizes[i] for i in picks]
+    out = []
+    for r in sizes:
+        for f in sorted(set(spec.lr_grid)):
+            lr = spec.lr * f
+            out.append(dataclasses.replace(
+                r, name=f"{SEARCH_DIR}/{r.name}-lr{lr:.3g}".replace("+", ""), lr=lr, role="search",
+                hparams=tuple((k_, v) for k_, v in r.hparams if k_ != "lr")
+                + (("lr", f"search grid: {f:g} x {spec.lr:g}"),),
+            ))
+    return out
+
+
+SEARCH_DIR = "lr_search"
+
+
 def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None) -> str:
     """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time).
 
     Columns are as wide as their widest cell and separated by two spaces, so large counts
     (``144,787,136``) never run into their neighbours.
     """
-    head = ["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps"] + (["est. time"] if flops_per_s else [])
+    head = ["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps", "lr"] + (["est. time"] if flops_per_s else [])
     rows = []
     for r in runs:
         row = [r.name, f"{r.non_embedding:,}", f"{r.total:,}", f"{r.tokens:.3g}", f"{r.flops:.3g}",
-               f"{r.tokens / r.non_embedding:.1f}", str(r.steps)]
+               f"{r.tokens / r.non_embedding:.1f}", str(r.steps), "search" if r.lr is None else f"{r.lr:.3g}"]
         if flops_per_s:
             row.append(format_seconds(r.flops / flops_per_s))
         rows.append(row)

@@ -80,7 +80,8 @@ def test_cli_dry_run_json_and_errors(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert len(plan) == 10 and all(abs(r["flops"] / r["budget"] - 1) < 0.01 for r in plan)
+    assert len(plan) == 10 + 15 and all(abs(r["flops"] / r["budget"] - 1) < 0.01 for r in plan)
+    assert sum(r["role"] == "search" for r in plan) == 15  # 3 sizes x 5 lrs at the smallest budget, listed
     bad = subprocess.run(cmd[:-6] + ["--budgets", "abc"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
