@@ -2,8 +2,11 @@
 
 1. prepares the default offline corpus (byte-level ``local_text``: the Python standard library's
    own sources) or, with ``--synthetic``, the ``synthetic_markov`` source whose entropy rate is known;
-2. trains an IsoFLOP ladder (3 budgets spanning 10× in compute, 5 sizes each spanning ~30× in N);
-3. trains a small batch-size sweep (for the critical batch size);
+2. trains an IsoFLOP ladder (3 budgets spanning 10× in compute, 5 sizes each spanning ~30× in N)
+   under the ``search`` learning-rate protocol: 3 sizes of the smallest budget × 5 learning rates
+   first, then lr_opt(N) for every run, warmup = N tokens, β2 0.99 (Porian et al. 2024);
+3. trains a small batch-size sweep (for the critical batch size): 5 batch sizes × a 5-point lr grid,
+   steps to each target = the minimum over a batch size's learning rates;
 4. fits everything and writes the report (``report.md``, ``report.html``, ``fits.json``, figures).
 
 Everything is resumable: rerunning the demo skips finished runs and resumes partial ones.
@@ -21,7 +24,7 @@ from scalinglab.errors import UserError
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 from scalinglab.train.options import Part, Schema, option
-from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_table
+from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_lr_search, plan_table
 
 # The CPU demo ladder: budgets in training FLOPs per run, sizes in non-embedding parameters.
 DEMO_SPEC = LadderSpec(
@@ -37,11 +40,15 @@ DEMO_SPEC = LadderSpec(
     head_dim=8,
     seq_len=64,
     batch_size=8,  # 512 tokens/step: the largest model of the smallest budget still gets > 100 steps
-    lr=3e-3,
+    lr=3e-3,  # the centre of the lr search grid (0.75e-3 .. 12e-3)
+    lr_protocol="search",
+    lr_search_sizes=3,
 )
-# The demo's batch-size sweep: a small model on a fixed token budget.
-# Batch sizes 2..64 sequences around its B_crit (a few to ~10 sequences at these losses), 2M tokens each.
-DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(2, 4, 8, 16, 32, 64), tokens=2_097_152, lr=2e-3, base_batch=16)
+# The demo's batch-size sweep: a small model on a fixed token budget, every batch size at the default
+# 5-point lr grid (0.25..4 × the √ rule from 2e-3 at B = 16). Batch sizes 2..32 sequences around its
+# B_crit (a few sequences at these losses); 0.5M tokens per run keeps the 25 runs' steps (40k) below
+# the former 6-run √-rule sweep's (32k at 2M tokens, B = 2..64) plus a quarter.
+DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(2, 4, 8, 16, 32), tokens=524_288, lr=2e-3, base_batch=16)
 DEMO_TRAIN = dict(eval_every=50, eval_batches=16, log_every=5, checkpoint_every=0)
 
 
@@ -82,9 +89,10 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
         write_config_file(out / RESOLVED_CONFIG, resolved_config)
     spec = dataclasses.replace(DEMO_SPEC, vocab_size=int(ds.vocab_size))
     runs = plan_ladder(spec)
-    log(plan_table(runs))
+    search = plan_lr_search(spec, runs)
+    log(plan_table([*search, *runs]))
     ladder_dir = out / "ladder"
-    run_ladder(runs, ladder_dir, dataset=dataset, data_dir=data_dir, **DEMO_TRAIN)
+    run_ladder(runs, ladder_dir, search_runs=search, dataset=dataset, data_dir=data_dir, **DEMO_TRAIN)
     log(f"[demo] ladder done after {format_seconds(time.perf_counter() - t0)}; batch-size sweep next")
 
     sweep = DEMO_SWEEP
@@ -93,8 +101,8 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
         dataset=dataset, data_dir=data_dir, seq_len=spec.seq_len, tokens=sweep["tokens"], lr=sweep["lr"],
         schedule="constant", eval_batches=DEMO_TRAIN["eval_batches"],
     )
-    run_sweep(base, sweep["batch_sizes"], out=ladder_dir / "sweep", lr_rule="sqrt", base_batch=sweep["base_batch"],
-              log=log, log_every=DEMO_TRAIN["log_every"], eval_every=200, checkpoint_every=0)
+    run_sweep(base, sweep["batch_sizes"], out=ladder_dir / "sweep", base_batch=sweep["base_batch"],
+              log=log, log_every=DEMO_TRAIN["log_every"], eval_every=0, checkpoint_every=0)
     log(f"[demo] sweep done after {format_seconds(time.perf_counter() - t0)}; fitting and writing the report")
     report_dir = write_report(ladder_dir, out / "report")
     log(f"[demo] finished in {format_seconds(time.perf_counter() - t0)}: {report_dir / 'report.md'}")

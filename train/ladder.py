@@ -199,7 +199,9 @@ def run_ladder(
             f"({run.steps} steps) C={run.flops:.3g} FLOPs lr={run.lr:.3g}{eta}"
         )
         t0 = time.perf_counter()
-        summary = train_fn(train_config_for(run, out_dir, **train_kwargs))
+        # a search run is only judged by its final eval loss: no evals along the way
+        kwargs = {**train_kwargs, "eval_every": 0} if run.role == "search" else train_kwargs
+        summary = train_fn(train_config_for(run, out_dir, **kwargs))
         progress.record(run, time.perf_counter() - t0)
         return summary
 
