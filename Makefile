@@ -6,7 +6,7 @@ UV     := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # Default test run: everything except tests marked slow (see pyproject.toml).
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv demo demo-synthetic test test-all bench readme clean
+.PHONY: venv demo demo-synthetic test test-all bench lint tensorboard readme clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,16 @@ test-all: venv
 bench: venv
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PYTHON) -m pip --python $(BIN)/python install --quiet "torch==2.13.0"
 	$(BIN)/scalinglab bench
+
+# Lint and format check (ruff, pinned in the dev group; config in pyproject.toml [tool.ruff]).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# TensorBoard on the runs' tb/ event files, from the optional `tensorboard` extra: make tensorboard [LOGDIR=runs]
+LOGDIR ?= runs
+tensorboard: venv
+	"$(UV)" run --frozen --python 3.11 --extra tensorboard tensorboard --logdir $(LOGDIR)
 
 # README.md is assembled from docs/readme/*.md (each part owns its section).
 README_PARTS := intro models data train scaling critical_batch ladder

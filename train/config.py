@@ -146,6 +146,8 @@ class TrainConfig:
     eval_batch_size: int | None = option(None, "validation batch size in sequences (default: --batch-size)",
                                          section=TRAIN)
     log_every: int = option(10, "write a metrics.jsonl record every K steps", section=TRAIN)
+    wandb: str | None = option(None, "also log the metrics to this Weights & Biases project (the wandb extra)",
+                               section=TRAIN, metavar="PROJECT")
     checkpoint_every: int = option(200, "save a checkpoint every K steps (0: only at the end and on SIGTERM)",
                                    section=TRAIN)
     keep_checkpoints: int = option(3, "keep the newest N checkpoints (plus WSD branch points)", section=TRAIN)
@@ -257,4 +259,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"data_shards must be ≥ 1 and divide --batch-size, got {cfg.data_shards}")
     if cfg.branch_from is not None and cfg.resume:
         raise UserError("--branch-from starts a new run; it cannot be combined with --resume")
+    if cfg.wandb is not None:
+        from scalinglab.train.wandb_log import require_wandb
+
+        require_wandb()
     return cfg

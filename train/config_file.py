@@ -9,8 +9,9 @@ output directory; passing that file back as ``--config`` repeats the command.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_text

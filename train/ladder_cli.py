@@ -13,6 +13,7 @@ from scalinglab.train.config import TrainConfig
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import (LADDER_PRESETS, LadderSpec, format_seconds, plan_ladder, plan_lr_search,
                                    plan_table)
+from scalinglab.train.wandb_log import require_wandb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,8 @@ def _ladder(args: argparse.Namespace) -> int:
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
     spec, extra = _spec(values, opts)
     shared: TrainConfig = SCHEMA.build(TrainConfig, values)  # the settings every run of the ladder shares
+    if shared.wandb is not None:
+        require_wandb()
     if "vocab_size" not in values and not opts.ladder_preset:
         vocab = _dataset_vocab(shared.dataset, shared.data_dir)
         if vocab is None and not args.dry_run:

@@ -345,8 +345,16 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
     flops_per_token = accounting.train_flops_per_token(model_cfg, cfg.seq_len)
     tokens_per_step = cfg.tokens_per_step
     peak = mfu_lib.peak_flops(dtype=cfg.dtype)
+    sinks = []
+    if is_main and cfg.wandb:
+        from scalinglab.train.wandb_log import WandbLogger
+
+        wandb_config = {"train": cfg.to_dict(), "model": {**model_cfg.to_dict(), "preset": cfg.preset},
+                        "non_embedding": int(counts["non_embedding"]), "train_flops_per_token": int(flops_per_token)}
+        sinks.append(WandbLogger(cfg.wandb, run_dir, name=cfg.name or run_dir.name, config=wandb_config,
+                                 resume=resumed))
     writer = metrics_lib.MetricsWriter(run_dir, total_steps=total_steps, start_step=start_step, resume=resumed,
-                                       enabled=is_main, progress=progress)
+                                       enabled=is_main, progress=progress, sinks=sinks)
     best_eval = extra.get("best_eval_loss")
     last_eval = extra.get("last_eval_loss")
     last_loss = None

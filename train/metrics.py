@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from scalinglab.fileio import atomic_write_text
 
@@ -59,8 +59,11 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0,
                  resume: bool = False, enabled: bool = True, progress: bool | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, sinks: Sequence[Any] = ()):
+        """``sinks``: more loggers (e.g. :class:`~scalinglab.train.wandb_log.WandbLogger`) with
+        ``log(record)`` and ``close()``, given each JSON-clean record."""
         self.enabled = enabled
+        self._sinks = list(sinks)
         self.path = Path(run_dir) / METRICS_FILE
         self._file = None
         self._tb = None
@@ -96,6 +99,8 @@ class MetricsWriter:
             for k, v in clean.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
+        for sink in self._sinks:
+            sink.log(clean)
 
     def progress(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
         """Move the progress bar to ``step`` and show loss and tokens/s (ETA comes from tqdm)."""
@@ -119,3 +124,6 @@ class MetricsWriter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []

@@ -26,8 +26,9 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from scalinglab.errors import UserError
 
@@ -54,13 +55,15 @@ class Meta:
     cli: bool = True  # False: a config-file key only (set by the program, e.g. for branched runs)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           **meta: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING, **meta: Any
+) -> Any:
     """A dataclass field that is a user setting (see :class:`Meta` for ``meta``)."""
     if "choices" in meta and meta["choices"] is not None:
         meta["choices"] = tuple(meta["choices"])
-    return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={_META: Meta(help=help, **meta)})
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata={_META: Meta(help=help, **meta)}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +234,15 @@ class Schema:
                 if section is None:
                     raise ValueError(f"{part.cls.__name__}.{field.name} has no config-file section")
                 self.keys[field.name] = Key(
-                    name=field.name, section=section, part=part, meta=meta, base=base, item=item,
-                    optional=optional, default=_default(field, part), required=field.name in part.required,
+                    name=field.name,
+                    section=section,
+                    part=part,
+                    meta=meta,
+                    base=base,
+                    item=item,
+                    optional=optional,
+                    default=_default(field, part),
+                    required=field.name in part.required,
                     help=part.help.get(field.name, meta.help),
                 )
         self.sections = tuple(dict.fromkeys(k.section for k in self.keys.values()))
@@ -244,7 +254,8 @@ class Schema:
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         """``--config FILE`` and one flag per setting (all default None: absent flags override nothing)."""
         parser.add_argument(
-            "--config", metavar="FILE",
+            "--config",
+            metavar="FILE",
             help=f"YAML or JSON file of settings in sections ({', '.join(self.sections)}); flags override it",
         )
         groups: dict[str, Any] = {}
@@ -377,4 +388,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
-

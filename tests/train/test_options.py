@@ -20,16 +20,16 @@ from scalinglab.train.plan import LadderSpec
 # The flags each command had before they were generated (a contract: none may disappear).
 FLAGS_BEFORE = {
     "train": "--batch-size --branch-from --branch-step --checkpoint-every --clip --config --coordinator --data-dir "
-             "--data-shards --dataset --dtype --eval-batches --eval-every --grad-accum --json --keep-checkpoints "
-             "--log-every --lr --max-bad-steps --mesh --name --no-gns --no-progress --num-processes --out --preset "
-             "--process-id --resume --schedule --seed --seq-len --set --steps --tokens --warmup --weight-decay "
-             "--wsd-decay --wsd-decay-shape --z-loss",
+    "--data-shards --dataset --dtype --eval-batches --eval-every --grad-accum --json --keep-checkpoints "
+    "--log-every --lr --max-bad-steps --mesh --name --no-gns --no-progress --num-processes --out --preset "
+    "--process-id --resume --schedule --seed --seq-len --set --steps --tokens --warmup --weight-decay "
+    "--wsd-decay --wsd-decay-shape --z-loss",
     "ladder": "--aspect-ratio --batch-size --budgets --data-dir --dataset --dry-run --dtype --eval-batches "
-              "--eval-every --family --head-dim --json --ladder-preset --log-every --lr --mesh --out --plan --seed "
-              "--seq-len --size-span --sizes --sizes-per-budget --throughput --tokens --tokens-per-param --vocab-size",
+    "--eval-every --family --head-dim --json --ladder-preset --log-every --lr --mesh --out --plan --seed "
+    "--seq-len --size-span --sizes --sizes-per-budget --throughput --tokens --tokens-per-param --vocab-size",
     "batch-sweep": "--base-batch --batch-sizes --checkpoint-every --clip --data-dir --dataset --dtype --eval-batches "
-                   "--eval-every --extend-grid --json --log-every --lr --lr-grid --lr-rule --mesh --no-gns --out "
-                   "--preset --schedule --seed --seq-len --set --tokens --warmup --weight-decay",
+    "--eval-every --extend-grid --json --log-every --lr --lr-grid --lr-rule --mesh --no-gns --out "
+    "--preset --schedule --seed --seq-len --set --tokens --warmup --weight-decay",
     "demo": "--data-dir --out --synthetic",
 }
 
@@ -55,22 +55,49 @@ def test_old_defaults_kept():
     """The effective defaults of the flags as they were written by hand before."""
     cfg = config_from_args(_parse("train", "--steps", "5"))
     assert cfg == TrainConfig(steps=5)  # every default is the dataclass's
-    assert (cfg.seq_len, cfg.batch_size, cfg.lr, cfg.schedule, cfg.wsd_decay, cfg.clip) == (128, 32, 1e-3, "cosine",
-                                                                                           0.2, 1.0)
+    assert (cfg.seq_len, cfg.batch_size, cfg.lr, cfg.schedule, cfg.wsd_decay, cfg.clip) == (
+        128,
+        32,
+        1e-3,
+        "cosine",
+        0.2,
+        1.0,
+    )
     base, opts = sweep_cli.settings(_parse("batch-sweep", "--tokens", "2e6", "--out", "sw"))
-    assert (base.schedule, base.seed, base.dtype, base.preset, base.tokens, base.gns) == ("constant", 0, "float32",
-                                                                                         "gpt2-tiny", 2_000_000, True)
+    assert (base.schedule, base.seed, base.dtype, base.preset, base.tokens, base.gns) == (
+        "constant",
+        0,
+        "float32",
+        "gpt2-tiny",
+        2_000_000,
+        True,
+    )
     assert (opts.batch_sizes, opts.lr_rule, opts.lr_grid, opts.base_batch, opts.extend_grid) == (
-        (8, 16, 32, 64, 128), "grid", (0.25, 0.5, 1.0, 2.0, 4.0), None, 0)
+        (8, 16, 32, 64, 128),
+        "grid",
+        (0.25, 0.5, 1.0, 2.0, 4.0),
+        None,
+        0,
+    )
     _, opts = sweep_cli.settings(_parse("batch-sweep", "--tokens", "2e6", "--out", "sw", "--extend-grid"))
     assert opts.extend_grid == 2
     spec, _ = ladder_cli.spec_from_args(_parse("ladder"))
     assert spec == LadderSpec()
     values = ladder_cli.SCHEMA.values(_parse("ladder"))
     shared = ladder_cli.SCHEMA.fields_of(TrainConfig, values)
-    assert {k: shared[k] for k in ("dataset", "data_dir", "seed", "dtype", "mesh", "eval_every", "eval_batches",
-                                   "log_every")} == dict(dataset="local_text", data_dir=None, seed=0, dtype="float32",
-                                                         mesh=None, eval_every=100, eval_batches=4, log_every=10)
+    assert {
+        k: shared[k]
+        for k in ("dataset", "data_dir", "seed", "dtype", "mesh", "eval_every", "eval_batches", "log_every")
+    } == dict(
+        dataset="local_text",
+        data_dir=None,
+        seed=0,
+        dtype="float32",
+        mesh=None,
+        eval_every=100,
+        eval_batches=4,
+        log_every=10,
+    )
 
 
 def test_every_setting_declares_help_and_section():
@@ -82,9 +109,35 @@ def test_every_setting_declares_help_and_section():
     assert set(TRAIN_SCHEMA.sections) == {"model", "data", "optimizer", "train"}
 
 
-TRAIN_FLAGS = ["--preset", "modern-tiny", "--set", "n_layer=3", "--set", "d_model=96", "--dataset", "synthetic_markov",
-               "--seq-len", "64", "--batch-size", "8", "--tokens", "2e6", "--lr", "3e-3", "--schedule", "wsd",
-               "--wsd-decay", "0.3", "--mesh", "data=2,fsdp=4", "--no-gns", "--eval-every", "50", "--out", "runs/x"]
+TRAIN_FLAGS = [
+    "--preset",
+    "modern-tiny",
+    "--set",
+    "n_layer=3",
+    "--set",
+    "d_model=96",
+    "--dataset",
+    "synthetic_markov",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "8",
+    "--tokens",
+    "2e6",
+    "--lr",
+    "3e-3",
+    "--schedule",
+    "wsd",
+    "--wsd-decay",
+    "0.3",
+    "--mesh",
+    "data=2,fsdp=4",
+    "--no-gns",
+    "--eval-every",
+    "50",
+    "--out",
+    "runs/x",
+]
 TRAIN_YAML = """
 model:
   preset: modern-tiny
@@ -114,10 +167,16 @@ def test_yaml_config_reproduces_the_flags(tmp_path):
     # --set keeps its raw strings, the file its typed values: the same model either way
     assert dataclasses.replace(from_file, overrides={}) == dataclasses.replace(from_flags, overrides={})
     assert get_config(from_file.preset, from_file.overrides) == get_config(from_flags.preset, from_flags.overrides)
-    assert (from_file.lr, from_file.tokens, from_file.mesh, from_file.gns) == (3e-3, 2_000_000, {"data": 2, "fsdp": 4},
-                                                                               False)
-    assert from_file.overrides == {"n_layer": 3, "d_model": 96} and from_flags.overrides == {"n_layer": "3",
-                                                                                            "d_model": "96"}
+    assert (from_file.lr, from_file.tokens, from_file.mesh, from_file.gns) == (
+        3e-3,
+        2_000_000,
+        {"data": 2, "fsdp": 4},
+        False,
+    )
+    assert from_file.overrides == {"n_layer": 3, "d_model": 96} and from_flags.overrides == {
+        "n_layer": "3",
+        "d_model": "96",
+    }
     # the resolved config, written and read back (YAML and JSON), gives the same run again
     for name in ("resolved.yaml", "resolved.json"):
         out = tmp_path / name
@@ -133,8 +192,9 @@ def test_yaml_config_reproduces_the_flags(tmp_path):
 def test_flags_override_the_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(TRAIN_YAML)
-    cfg = config_from_args(_parse("train", "--config", str(f), "--lr", "0.01", "--steps", "7", "--set", "n_layer=5",
-                                  "--mesh", "tensor=2"))
+    cfg = config_from_args(
+        _parse("train", "--config", str(f), "--lr", "0.01", "--steps", "7", "--set", "n_layer=5", "--mesh", "tensor=2")
+    )
     assert cfg.lr == 0.01 and cfg.schedule == "wsd"  # the flag wins; the rest stays from the file
     assert cfg.steps == 7 and cfg.tokens is None  # --steps replaces the file's token budget
     assert cfg.overrides == {"n_layer": "5", "d_model": 96}  # --set adds to the file's overrides
@@ -142,33 +202,85 @@ def test_flags_override_the_file(tmp_path):
 
 
 def test_ladder_and_sweep_yaml_match_flags(tmp_path):
-    ladder_flags = ["--budgets", "1e12,1e13", "--family", "modern", "--seq-len", "32", "--lr", "1e-3",
-                    "--eval-every", "7", "--dtype", "bfloat16", "--out", "runs/L"]
+    ladder_flags = [
+        "--budgets",
+        "1e12,1e13",
+        "--family",
+        "modern",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "7",
+        "--dtype",
+        "bfloat16",
+        "--out",
+        "runs/L",
+    ]
     f = tmp_path / "ladder.yaml"
-    f.write_text("ladder: {budgets: [1e12, 1e13], family: modern, seq_len: 32, lr: 1e-3, out: runs/L}\n"
-                 "train: {eval_every: 7, dtype: bfloat16}\n")
+    f.write_text(
+        "ladder: {budgets: [1e12, 1e13], family: modern, seq_len: 32, lr: 1e-3, out: runs/L}\n"
+        "train: {eval_every: 7, dtype: bfloat16}\n"
+    )
     by_flags = ladder_cli.SCHEMA.values(_parse("ladder", *ladder_flags))
     by_file = ladder_cli.SCHEMA.values(_parse("ladder", "--config", str(f)))
     assert by_flags == by_file
     assert ladder_cli.spec_from_args(_parse("ladder", "--config", str(f)))[0] == dataclasses.replace(
-        LadderSpec(), budgets=(1e12, 1e13), family="modern", seq_len=32, lr=1e-3)
+        LadderSpec(), budgets=(1e12, 1e13), family="modern", seq_len=32, lr=1e-3
+    )
 
-    sweep_flags = ["--tokens", "1e5", "--out", "sw", "--batch-sizes", "4,8,16", "--lr-rule", "grid", "--lr-grid",
-                   "0.5,2", "--seed", "3", "--eval-every", "0"]
+    sweep_flags = [
+        "--tokens",
+        "1e5",
+        "--out",
+        "sw",
+        "--batch-sizes",
+        "4,8,16",
+        "--lr-rule",
+        "grid",
+        "--lr-grid",
+        "0.5,2",
+        "--seed",
+        "3",
+        "--eval-every",
+        "0",
+    ]
     f = tmp_path / "sweep.json"
-    f.write_text(json.dumps({"sweep": {"out": "sw", "batch_sizes": [4, 8, 16], "lr_rule": "grid",
-                                       "lr_grid": [0.5, 2], "eval_every": 0},
-                             "train": {"tokens": 100000, "seed": 3}}))
+    f.write_text(
+        json.dumps(
+            {
+                "sweep": {
+                    "out": "sw",
+                    "batch_sizes": [4, 8, 16],
+                    "lr_rule": "grid",
+                    "lr_grid": [0.5, 2],
+                    "eval_every": 0,
+                },
+                "train": {"tokens": 100000, "seed": 3},
+            }
+        )
+    )
     assert sweep_cli.settings(_parse("batch-sweep", *sweep_flags)) == sweep_cli.settings(
-        _parse("batch-sweep", "--config", str(f)))
+        _parse("batch-sweep", "--config", str(f))
+    )
 
 
 def test_run_config_json_is_accepted(tmp_path):
     """A run directory's config.json (its "train" object) works as --config, as before."""
     cfg = TrainConfig(preset="modern-tiny", lr=0.5, steps=7, seq_len=64)
     f = tmp_path / "config.json"
-    f.write_text(json.dumps({"name": "x", "model": {"family": "modern"}, "train": cfg.to_dict(), "data": {},
-                             "accounting": {"non_embedding": 1}}))
+    f.write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "model": {"family": "modern"},
+                "train": cfg.to_dict(),
+                "data": {},
+                "accounting": {"non_embedding": 1},
+            }
+        )
+    )
     assert config_from_args(_parse("train", "--config", str(f))) == cfg
 
 
@@ -180,25 +292,28 @@ def _one_line_exit_2(argv, capsys, *needles):
         assert needle in err, err
 
 
-@pytest.mark.parametrize("command, text, needles", [
-    ("train", "optimizer: {lr: 1e-3, lrr: 2}\n", ["unknown key 'optimizer.lrr'"]),
-    ("train", "train: {lr: 1e-3}\n", ["unknown key 'train.lr'", "'optimizer'"]),
-    ("train", "training: {steps: 3}\n", ["unknown key 'training'"]),
-    ("train", "lrr: 3\n", ["unknown key 'lrr'"]),
-    ("ladder", "ladder: {budget: [1e12]}\n", ["unknown key 'ladder.budget'"]),
-    ("batch-sweep", "train: {batch_size: 8}\n", ["unknown key 'train.batch_size'"]),
-    ("demo", "demo: {synthetic: true, steps: 3}\n", ["unknown key 'demo.steps'"]),
-    ("train", "train: {steps: many}\n", ["train.steps", "expected an integer", "'many'"]),
-    ("train", "train: {steps: 2.5}\n", ["train.steps", "expected an integer"]),
-    ("train", "optimizer: {lr: [1]}\n", ["optimizer.lr", "expected a number"]),
-    ("train", "train: {gns: 0}\n", ["train.gns", "expected true or false"]),
-    ("train", "optimizer: {schedule: linear}\n", ["optimizer.schedule", "cosine, constant, wsd"]),
-    ("train", "model: {overrides: 3}\n", ["--set expects key=value"]),
-    ("train", "train: [1, 2]\n", ["section 'train' must be a mapping"]),
-    ("train", "- 1\n- 2\n", ["expected a mapping"]),
-    ("train", "train: {steps: 3\n", ["not valid YAML", "line"]),
-    ("ladder", "ladder: {budgets: [1e12, x]}\n", ["ladder.budgets", "expected a number"]),
-])
+@pytest.mark.parametrize(
+    "command, text, needles",
+    [
+        ("train", "optimizer: {lr: 1e-3, lrr: 2}\n", ["unknown key 'optimizer.lrr'"]),
+        ("train", "train: {lr: 1e-3}\n", ["unknown key 'train.lr'", "'optimizer'"]),
+        ("train", "training: {steps: 3}\n", ["unknown key 'training'"]),
+        ("train", "lrr: 3\n", ["unknown key 'lrr'"]),
+        ("ladder", "ladder: {budget: [1e12]}\n", ["unknown key 'ladder.budget'"]),
+        ("batch-sweep", "train: {batch_size: 8}\n", ["unknown key 'train.batch_size'"]),
+        ("demo", "demo: {synthetic: true, steps: 3}\n", ["unknown key 'demo.steps'"]),
+        ("train", "train: {steps: many}\n", ["train.steps", "expected an integer", "'many'"]),
+        ("train", "train: {steps: 2.5}\n", ["train.steps", "expected an integer"]),
+        ("train", "optimizer: {lr: [1]}\n", ["optimizer.lr", "expected a number"]),
+        ("train", "train: {gns: 0}\n", ["train.gns", "expected true or false"]),
+        ("train", "optimizer: {schedule: linear}\n", ["optimizer.schedule", "cosine, constant, wsd"]),
+        ("train", "model: {overrides: 3}\n", ["--set expects key=value"]),
+        ("train", "train: [1, 2]\n", ["section 'train' must be a mapping"]),
+        ("train", "- 1\n- 2\n", ["expected a mapping"]),
+        ("train", "train: {steps: 3\n", ["not valid YAML", "line"]),
+        ("ladder", "ladder: {budgets: [1e12, x]}\n", ["ladder.budgets", "expected a number"]),
+    ],
+)
 def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, command, text, needles):
     f = tmp_path / "c.yaml"
     f.write_text(text)
