@@ -353,3 +353,59 @@ def test_demo_settings(tmp_path):
     f.write_text("demo: {synthetic: true}\ndata: {data_dir: /tmp/d}\n")
     values = DEMO_SCHEMA.values(_parse("demo", "--config", str(f), "--out", "o"))
     assert values == {"synthetic": True, "data_dir": "/tmp/d", "out": "o"}
+
+
+def test_ladder_and_sweep_write_their_resolved_config(tmp_path, monkeypatch):
+    """The CLI writes config.yaml into the output dir; as --config it gives back the same settings.
+    (Training itself is replaced: this checks the settings path, the e2e tests train.)"""
+    from scalinglab.train import loop
+
+    trained = []
+
+    def fake_train(cfg, progress=None):
+        trained.append(cfg)
+        return {"status": "complete", "steps": cfg.total_steps(), "final_eval_loss": 1.0, "final_loss": 1.0}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    ladder = tmp_path / "ladder"
+    argv = [
+        "ladder",
+        "--budgets",
+        "3e11",
+        "--sizes-per-budget",
+        "3",
+        "--lr-protocol",
+        "fixed",
+        "--vocab-size",
+        "257",
+        "--seed",
+        "4",
+        "--weight-decay",
+        "0.05",
+        "--out",
+        str(ladder),
+    ]
+    assert main(argv) == 0
+    assert len(trained) == 3 and all((c.seed, c.weight_decay) == (4, 0.05) for c in trained)
+    again = _parse("ladder", "--config", str(ladder / "config.yaml"))
+    assert ladder_cli.spec_from_args(again) == ladder_cli.spec_from_args(_parse(*argv))
+    assert ladder_cli.SCHEMA.values(again)["weight_decay"] == 0.05
+
+    sweep = tmp_path / "sweep"
+    argv = [
+        "batch-sweep",
+        "--tokens",
+        "2e5",
+        "--batch-sizes",
+        "4,8,16",
+        "--lr-rule",
+        "sqrt",
+        "--seq-len",
+        "32",
+        "--out",
+        str(sweep),
+    ]
+    assert main(argv) == 0
+    assert sweep_cli.settings(_parse("batch-sweep", "--config", str(sweep / "config.yaml"))) == sweep_cli.settings(
+        _parse(*argv)
+    )
