@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--isoflop-window", type=float, default=None, metavar="F",
                    help="approach 2: fit each parabola to the points within a factor (1+F) of the budget's lowest "
                    "loss only (with --isoflop-keep: both)")
+    p.add_argument("--envelope", choices=["min", "hull"], default="min",
+                   help="approach 1: min = lowest loss per FLOP budget (Hoffmann et al., default); hull = vertices "
+                   "of the lower convex hull of log loss vs log C")
     p.add_argument("--include-incomplete", action="store_true",
                    help="use runs without summary.json (flagged) instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -99,6 +102,8 @@ def run_fit(args: argparse.Namespace) -> int:
     fit_kw = {"starts": starts, "huber_delta": args.huber_delta} if args.law == "chinchilla" else {}
     if args.law == "isoflop":
         fit_kw = {"isoflop_keep": args.isoflop_keep, "isoflop_window": args.isoflop_window}
+    if args.law == "envelope":
+        fit_kw = {"envelope_method": args.envelope}
     result = fit_law(table, args.law, n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, **fit_kw)
     allocation = [allocate(result, c) for c in (args.flops or [])]
     held = holdout(table, args.law, args.holdout, **fit_kw) if args.holdout else None

@@ -35,7 +35,7 @@ def resolve_convention(law: str, params: str | None) -> str | None:
 def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0.95, seed: int = 0,
             starts: np.ndarray | None = None, params: str | None = None,
             huber_delta: float = chinchilla.HUBER_DELTA, isoflop_keep: int | None = None,
-            isoflop_window: float | None = None) -> dict:
+            isoflop_window: float | None = None, envelope_method: str = "min") -> dict:
     """Fit ``law`` to ``table``; UserError for unknown laws or too few points.
 
     ``params``: the parameter convention N is counted in (``non_embedding``, ``total``,
@@ -58,7 +58,7 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
         result = fit_isoflop(table.params, table.tokens, table.flops, table.loss, keep=isoflop_keep,
                              loss_window=isoflop_window, **kw)
     elif law == "envelope":
-        result = fit_envelope(table, **kw)
+        result = fit_envelope(table, method=envelope_method, **kw)
     else:
         fit = {"kaplan-n": kaplan.fit_kaplan_n, "kaplan-d": kaplan.fit_kaplan_d, "kaplan-c": kaplan.fit_kaplan_c,
                "kaplan-nd": kaplan.fit_kaplan_nd}[law]
