@@ -27,8 +27,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help="CSV file, run directory, or directory of runs (searched recursively)")
     p.add_argument("--law", required=True,
-                   choices=["chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope"],
-                   help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1")
+                   choices=["chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope",
+                            "kaplan-ns", "kaplan-cmin"],
+                   help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1; kaplan-ns = "
+                   "L(N, S_min), kaplan-cmin = L(C_min) (B_crit(L) from --sweep, else from the runs' B_simple)")
     p.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_RESAMPLES, default=0, metavar="K",
                    help=f"bootstrap resamples for confidence intervals (flag alone: {DEFAULT_RESAMPLES})")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
@@ -60,6 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--envelope", choices=["min", "hull"], default="min",
                    help="approach 1: min = lowest loss per FLOP budget (Hoffmann et al., default); hull = vertices "
                    "of the lower convex hull of log loss vs log C")
+    p.add_argument("--sweep", metavar="DIR",
+                   help="kaplan-ns / kaplan-cmin: take B_crit(L) from this batch-size sweep's fit (fit-batch) "
+                   "instead of the runs' in-loop B_simple")
     p.add_argument("--include-incomplete", action="store_true",
                    help="use runs without summary.json (flagged) instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -76,6 +81,8 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError("--holdout must be >= 0")
     if not 0.0 < args.level < 1.0:
         raise UserError("--level must be between 0 and 1")
+    if args.holdout and args.law in ("kaplan-ns", "kaplan-cmin"):
+        raise UserError(f"--holdout is not available for --law {args.law}")
     if args.flops and args.law not in ("chinchilla", "isoflop", "envelope"):
         raise UserError("--flops needs --law chinchilla, isoflop or envelope")
     if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
@@ -95,7 +102,11 @@ def run_fit(args: argparse.Namespace) -> int:
     from scalinglab.scaling.laws import fit_law
     from scalinglab.scaling.powerlaw import strip_samples
 
+    from scalinglab.scaling import kaplan
     from scalinglab.scaling.laws import resolve_convention
+
+    if args.sweep and args.law not in ("kaplan-ns", "kaplan-cmin"):
+        raise UserError("--sweep needs --law kaplan-ns or kaplan-cmin")
 
     table = table.with_params(resolve_convention(args.law, args.params))
     starts = chinchilla.hoffmann_grid() if args.starts == "hoffmann" else chinchilla.small_grid()
@@ -104,6 +115,8 @@ def run_fit(args: argparse.Namespace) -> int:
         fit_kw = {"isoflop_keep": args.isoflop_keep, "isoflop_window": args.isoflop_window}
     if args.law == "envelope":
         fit_kw = {"envelope_method": args.envelope}
+    if args.law in ("kaplan-ns", "kaplan-cmin") and args.sweep:
+        fit_kw = {"bcrit": kaplan.bcrit_from_sweep(args.sweep)}
     result = fit_law(table, args.law, n_bootstrap=args.bootstrap, level=args.level, seed=args.seed, **fit_kw)
     allocation = [allocate(result, c) for c in (args.flops or [])]
     held = holdout(table, args.law, args.holdout, **fit_kw) if args.holdout else None
@@ -123,6 +136,8 @@ def run_fit(args: argparse.Namespace) -> int:
     if plots is not None:
         out["plots"] = [f"{args.plot.rstrip('/')}/{name}" for name in plots]
     if args.json:
+        for w in out.get("warnings", []):
+            sys.stderr.write(f"warning: {w}\n")
         emit_json(_jsonable(out))
     else:
         sys.stdout.write(format_text(out))
@@ -157,10 +172,14 @@ def format_text(out: dict) -> str:
     ci = out.get("ci", {})
     if ci:
         lines.append(f"{out['ci_level']:.0%} bootstrap intervals from {out['n_bootstrap']} resamples")
+    hidden = out.get("not_identified") or {}
     for name in out["param_names"]:
         v = out["params"][name]
+        if name in hidden:  # never printed as a number (scaling/quality.py)
+            lines.append(f"  {name:>8} = not identified ({hidden[name]})")
+            continue
         s = f"  {name:>8} = {_fmt(v)}"
-        if name in ci and all(np.isfinite(ci[name])):
+        if name in ci and ci[name][0] is not None and all(np.isfinite(ci[name])):
             s += f"   [{_fmt(ci[name][0])}, {_fmt(ci[name][1])}]"
         lines.append(s)
     lines.append(f"objective: {out['objective']:.6g} ({out['objective_kind']})")
@@ -168,9 +187,23 @@ def format_text(out: dict) -> str:
     if "rms" in res:
         lines.append(f"residuals: rms {res['rms']:.4g}, max |r| {res['max_abs']:.4g}")
     if out["law"] == "chinchilla":
+        from scalinglab.scaling.quality import shown
+
         t = out["tokens_per_param"]
-        lines.append(f"compute-optimal: N_opt ∝ C^{out['a']:.4f}, D_opt ∝ C^{out['b']:.4f}, "
+        a, b = (shown(out, k, lambda v: f"C^{v:.4f}") for k in ("a", "b"))
+        lines.append(f"compute-optimal (C = 6ND): N_opt ∝ {a}, D_opt ∝ {b}, "
                      f"tokens/param = {t['coef']:.4g} · C^{t['exponent']:.4f}")
+        ax = out.get("allocation_exponents")
+        if ax and ax.get("constraint") != "6ND":
+            fm = out["flops_model"]
+            s = (f"under the runs' exact FLOPs C = D·({fm['c1']:.4g}·N + {fm['c0']:.4g}·N^{fm['gamma']:.2f}) "
+                 f"over C in [{ax['flops_range'][0]:.3g}, {ax['flops_range'][1]:.3g}]: a = {ax['a']:.4f}, "
+                 f"b = {ax['b']:.4f}")
+            lines.append(s)
+        boot = out.get("optimizer", {}).get("bootstrap")
+        if boot:
+            lines.append(f"bootstrap refits: {boot['n_hit_max_iter']} of {out['n_bootstrap']} hit the "
+                         f"{boot['max_iter']}-iteration limit; max |grad| {boot['max_grad_norm']:.2g}")
     if out.get("n_budgets"):
         lines.append(f"budgets used: {out['n_budgets']}")
     for a in out.get("allocation", []):
@@ -187,5 +220,6 @@ def format_text(out: dict) -> str:
     if out.get("plots"):
         lines.append("plots: " + ", ".join(out["plots"]))
     for w in out.get("warnings", []):
-        lines.append(f"warning: {w}")
+        if w.split(" ")[0] not in hidden:  # not-identified parameters are already marked above
+            lines.append(f"warning: {w}")
     return "\n".join(lines) + "\n"

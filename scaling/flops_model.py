@@ -9,7 +9,8 @@ model fitted here is
 
     f(N) = c1·N + c0·N^gamma,      0 <= gamma <= 0.9
 
-by least squares on relative errors ``f̂/f − 1`` over the runs (one point per distinct N):
+(exactly ``C = k·N·D`` when the runs' FLOPs are proportional to N·D) else by least squares
+on relative errors ``f̂/f − 1`` over the runs (one point per distinct N):
 for each gamma on a grid (c1, c0) are linear, and the best gamma wins. With two distinct
 sizes gamma is fixed at 0 (``C = D·(c1·N + c0)``); with one, f = k·N. A table whose FLOPs are
 6·N·D (a CSV without a ``flops`` column) gives c1 = 6, c0 = 0 exactly.
@@ -37,8 +38,9 @@ def fit_flops_per_token(n_params, flops_per_token) -> dict:
         raise UserError("FLOPs-per-token model needs positive finite N and FLOPs per token for every run")
     sizes = np.unique(n)
     f_s = np.array([np.exp(np.mean(np.log(f[n == s]))) for s in sizes])
-    if sizes.size == 1:
-        c1, c0, gamma = float(f_s[0] / sizes[0]), 0.0, 0.0
+    k = float(np.exp(np.mean(np.log(f_s / sizes))))
+    if sizes.size == 1 or np.max(np.abs(k * sizes / f_s - 1.0)) < 1e-9:  # C = k·N·D exactly (e.g. 6ND)
+        c1, c0, gamma = k, 0.0, 0.0
     else:
         gammas = GAMMA_GRID if sizes.size >= 3 else np.array([0.0])
         best = (np.inf, 0.0, 0.0, 0.0)

@@ -8,8 +8,12 @@ S optimisation steps, L loss (nats/token).
   Kaplan's C_min also corrects for the batch size; here C is the FLOPs actually spent.
 - ``L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D``: all points, least squares on log L
   (multi-start L-BFGS, vmapped, as for approach 3).
-- ``L(N, S) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S``: points (N, S_min, L); S_min is the step
-  count at the critical batch, ``S/(1 + B_crit(L)/B)``, when the caller has B_crit, else S.
+- ``L(N, S) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S``: points (N, S_min, L) along every run's
+  curve; S_min is the step count at the critical batch, ``S/(1 + B_crit(L)/B)``, with B_crit(L)
+  from a batch sweep's fit or, without one, from the runs' in-loop B_simple
+  (:func:`fit_kaplan_ns_table`; the result says which under ``bcrit.source``).
+- ``L(C_min) = (C_c/C_min)^alpha_C``: the frontier of curves whose compute is
+  ``C_min = C/(1 + B/B_crit(L))`` (:func:`fit_kaplan_cmin`).
 """
 
 from __future__ import annotations
@@ -180,3 +184,120 @@ def predict_loss(result: dict, n_params=None, n_tokens=None, flops=None, steps=N
         n, s = np.asarray(n_params, np.float64), np.asarray(steps, np.float64)
         return (p["N_c"] / n) ** p["alpha_N"] + (p["S_c"] / s) ** p["alpha_S"]
     raise ValueError(f"not a Kaplan law: {law}")
+
+
+# ---- B_crit(L), S_min and C_min (Kaplan et al. 2020, section 5) ----------------------------
+
+LOSS_BIN_WIDTH = 0.05  # in ln L: B_crit ∝ L^-4.8 (Kaplan) varies by only ~25 % across a bin
+MIN_STEP_FRACTION = 0.1
+
+
+def bcrit_at(bcrit: dict, loss) -> np.ndarray:
+    """``B_crit(L) = B*·L^(−1/α_B)`` (sequences) for a law ``{"B_star", "inv_alpha_B"}``."""
+    return bcrit["B_star"] * np.asarray(loss, np.float64) ** (-bcrit["inv_alpha_B"])
+
+
+def bcrit_from_b_simple(table: RunTable, bin_width: float = LOSS_BIN_WIDTH) -> dict:
+    """B_crit(L) from the runs' own in-loop noise scale: every logged (loss, tr(Σ), |G|²) of every
+    run, binned in ln L (``bin_width`` wide); per bin ``B_simple = Σ tr(Σ) / Σ |G|²`` (numerator and denominator
+    summed, never filtered by sign), then ``B_simple = B*·L^(−1/α_B)`` fitted to the positive bins.
+    McCandlish et al. (2018): B_simple approximates B_crit (exactly for a well-conditioned
+    Hessian); Kaplan et al. use it the same way when no sweep exists. Units: sequences."""
+    loss, tr, g2 = [], [], []
+    for cv in table.curves or []:
+        if cv is not None and cv.gns_loss.size:
+            loss.append(cv.gns_loss)
+            tr.append(cv.gns_trace)
+            g2.append(cv.gns_g2)
+    if not loss:
+        raise UserError("L(N, S_min) and L(C_min) need B_crit(L): give a batch sweep (--sweep DIR) or runs that "
+                        "logged the in-loop noise scale (gns_trace, gns_g2 in metrics.jsonl)")
+    loss, tr, g2 = (np.concatenate(v) for v in (loss, tr, g2))
+    ok = np.isfinite(loss) & np.isfinite(tr) & np.isfinite(g2) & (loss > 0)
+    loss, tr, g2 = loss[ok], tr[ok], g2[ok]
+    which = np.floor((np.log(loss) - np.log(loss.min())) / bin_width).astype(np.int64)
+    l_bin, b_bin, dropped = [], [], 0
+    for k in np.unique(which):
+        m = which == k
+        if not m.any():
+            continue
+        num, den = tr[m].sum(), g2[m].sum()
+        if num > 0 and den > 0:
+            l_bin.append(float(np.exp(np.mean(np.log(loss[m])))))
+            b_bin.append(float(num / den))
+        else:
+            dropped += 1
+    if len(l_bin) < 2:
+        raise UserError("in-loop B_simple gives fewer than 2 loss bins with a positive noise scale; "
+                        "give a batch sweep (--sweep DIR)")
+    fit = fit_power_law(l_bin, b_bin, form="coef", names=("B_star", "k"))
+    return {"B_star": fit["B_star"], "inv_alpha_B": -fit["k"], "alpha_B": -1.0 / fit["k"] if fit["k"] else np.inf,
+            "source": "in-loop B_simple of the runs (sum tr(Sigma) / sum |G|^2 per loss bin)",
+            "loss": l_bin, "B_simple": b_bin, "n_bins_dropped": dropped}
+
+
+def bcrit_from_sweep(sweep_dir) -> dict:
+    """B_crit(L) fitted by ``fit-batch`` on a batch-size sweep directory (sequences)."""
+    from scalinglab.scaling.critical_batch import analyze_sweep, load_sweep
+
+    cb = analyze_sweep(load_sweep(sweep_dir), n_bootstrap=0)
+    if not (np.isfinite(cb.get("B_star", np.nan)) and np.isfinite(cb.get("inv_alpha_B", np.nan))):
+        raise UserError(f"{sweep_dir}: the sweep gives no B_crit(L) law (fewer than 2 usable target losses)")
+    return {"B_star": float(cb["B_star"]), "inv_alpha_B": float(cb["inv_alpha_B"]), "alpha_B": float(cb["alpha_B"]),
+            "source": f"batch-size sweep {sweep_dir} (fit-batch: B_crit = E_min/S_min per target loss)"}
+
+
+def _curve_points(table: RunTable, min_step_fraction: float):
+    """Per curve point (after the first ``min_step_fraction`` of each run's steps, Kaplan's
+    transient): run index, N, steps S, loss L, FLOPs C, batch size B (sequences)."""
+    if table.curves is None or table.batch_size is None:
+        raise UserError("L(N, S_min) and L(C_min) need loss curves with steps and batch sizes (run directories, "
+                        "or a CSV with run, step and batch_size columns)")
+    out = []
+    for r, cv in enumerate(table.curves):
+        b = float(table.batch_size[r])
+        if cv is None or not np.isfinite(b) or b <= 0:
+            continue
+        keep = np.isfinite(cv.step) & (cv.step >= min_step_fraction * np.nanmax(cv.step)) & (cv.step > 0)
+        for s, l, c in zip(cv.step[keep], cv.loss[keep], cv.flops[keep]):
+            out.append((r, table.params[r], s, l, c, b))
+    if not out:
+        raise UserError("no curve points with steps and batch sizes to fit L(N, S_min)")
+    return np.array(out, dtype=np.float64).T
+
+
+def fit_kaplan_ns_table(table: RunTable, bcrit: dict, *, min_step_fraction: float = MIN_STEP_FRACTION,
+                        **kw) -> dict:
+    """``L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S`` on every curve point of every run,
+    ``S_min = S/(1 + B_crit(L)/B)`` with B_crit(L) from ``bcrit`` (:func:`bcrit_from_sweep` or
+    :func:`bcrit_from_b_simple`)."""
+    _, n, s, loss, _, b = _curve_points(table, min_step_fraction)
+    s_min = s_min_from_steps(s, b, bcrit_at(bcrit, loss))
+    res = fit_kaplan_ns(n, s_min, loss, **kw)
+    res["bcrit"] = {k: v for k, v in bcrit.items() if k in ("B_star", "inv_alpha_B", "alpha_B", "source")}
+    res["min_step_fraction"] = min_step_fraction
+    return res
+
+
+def fit_kaplan_cmin(table: RunTable, bcrit: dict, **kw) -> dict:
+    """``L(C_min) = (C_c/C_min)^alpha_C`` on the compute frontier of the runs' curves with every
+    point's compute replaced by ``C_min = C/(1 + B/B_crit(L))`` (the compute at the critical
+    batch, Kaplan et al. eq. 5.5; B in sequences, C in FLOPs)."""
+    from dataclasses import replace
+
+    from scalinglab.scaling.envelope import envelope_points
+
+    if table.curves is None or table.batch_size is None:
+        raise UserError("L(C_min) needs loss curves and batch sizes (run directories, or a CSV with run and "
+                        "batch_size columns)")
+    curves = []
+    for r, cv in enumerate(table.curves):
+        b = float(table.batch_size[r])
+        if cv is None or not np.isfinite(b) or b <= 0:
+            raise UserError(f"run {table.names[r]} has no loss curve or batch size for C_min")
+        curves.append(replace(cv, flops=cv.flops / (1.0 + b / bcrit_at(bcrit, cv.loss))))
+    env = envelope_points(replace(table, curves=curves))
+    res = _single(env["flops"], env["loss"], ("C_c", "alpha_C"), "kaplan-cmin", "L(C_min) = (C_c / C_min)^alpha_C",
+                  **kw)
+    res["bcrit"] = {k: v for k, v in bcrit.items() if k in ("B_star", "inv_alpha_B", "alpha_B", "source")}
+    return res

@@ -10,21 +10,23 @@ from __future__ import annotations
 import numpy as np
 
 from scalinglab.errors import UserError
-from scalinglab.scaling import chinchilla, kaplan
+from scalinglab.scaling import chinchilla, kaplan, quality
 from scalinglab.scaling.envelope import fit_envelope
 from scalinglab.scaling.flops_model import model_from_table
 from scalinglab.scaling.isoflop import fit_isoflop
 from scalinglab.scaling.load import RunTable, require_points
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope")
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope", "kaplan-ns",
+        "kaplan-cmin")
 LOSS_LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd")
 N_PARAMS = {"chinchilla": 5, "kaplan-n": 2, "kaplan-d": 2, "kaplan-c": 2, "kaplan-nd": 4, "isoflop": 6,
-            "envelope": 2}
+            "envelope": 2, "kaplan-ns": 1, "kaplan-cmin": 2}
 # ``--params auto``: each law in its paper's convention, so its numbers compare like for like
 # with the published ones (Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
 # out the embedding tables; see docs/readme/scaling.md).
 PAPER_CONVENTION = {"chinchilla": "total", "isoflop": "total", "envelope": "total", "kaplan-n": "non_embedding",
-                    "kaplan-d": "non_embedding", "kaplan-c": "non_embedding", "kaplan-nd": "non_embedding"}
+                    "kaplan-d": "non_embedding", "kaplan-c": "non_embedding", "kaplan-nd": "non_embedding",
+                    "kaplan-ns": "non_embedding", "kaplan-cmin": "non_embedding"}
 
 
 def resolve_convention(law: str, params: str | None) -> str | None:
@@ -35,13 +37,15 @@ def resolve_convention(law: str, params: str | None) -> str | None:
 def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0.95, seed: int = 0,
             starts: np.ndarray | None = None, params: str | None = None,
             huber_delta: float = chinchilla.HUBER_DELTA, isoflop_keep: int | None = None,
-            isoflop_window: float | None = None, envelope_method: str = "min") -> dict:
+            isoflop_window: float | None = None, envelope_method: str = "min", bcrit: dict | None = None) -> dict:
     """Fit ``law`` to ``table``; UserError for unknown laws or too few points.
 
     ``params``: the parameter convention N is counted in (``non_embedding``, ``total``,
     ``with_head`` or ``auto``, see :func:`resolve_convention`); ``None`` keeps the table's.
     The result records it as ``params_convention`` (and ``params_source``). Approach 3 gets the
     runs' exact FLOPs per token as a function of N (:mod:`scalinglab.scaling.flops_model`).
+    ``kaplan-ns`` / ``kaplan-cmin`` take B_crit(L) from ``bcrit`` (a sweep's fit, see
+    :func:`scalinglab.scaling.kaplan.bcrit_from_sweep`) or, when None, from the runs' B_simple.
     """
     if law not in LAWS:
         raise UserError(f"unknown law {law!r}; choose from {', '.join(LAWS)}")
@@ -49,6 +53,7 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
     if convention is not None:
         table = table.with_params(convention)
     require_points(table, N_PARAMS[law], law)
+    row_warnings = quality.check_rows(table, law)
     kw = {"n_bootstrap": n_bootstrap, "level": level, "seed": seed}
     if law == "chinchilla":
         result = chinchilla.fit_approach3(table.params, table.tokens, table.loss, starts=starts,
@@ -59,13 +64,17 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
                              loss_window=isoflop_window, **kw)
     elif law == "envelope":
         result = fit_envelope(table, method=envelope_method, **kw)
+    elif law in ("kaplan-ns", "kaplan-cmin"):
+        bc = bcrit if bcrit is not None else kaplan.bcrit_from_b_simple(table)
+        fit = kaplan.fit_kaplan_ns_table if law == "kaplan-ns" else kaplan.fit_kaplan_cmin
+        result = fit(table, bc, **kw)
     else:
         fit = {"kaplan-n": kaplan.fit_kaplan_n, "kaplan-d": kaplan.fit_kaplan_d, "kaplan-c": kaplan.fit_kaplan_c,
                "kaplan-nd": kaplan.fit_kaplan_nd}[law]
         result = fit(table, **kw)
     result["params_convention"] = table.params_convention
     result["params_source"] = table.params_source()
-    return result
+    return quality.apply(result, table, row_warnings)
 
 
 def predict_table(result: dict, table: RunTable) -> np.ndarray:

@@ -56,6 +56,11 @@ class Curve:
     loss: np.ndarray
     train_loss: np.ndarray
     loss_kind: str  # "eval" or "train"
+    # in-loop gradient-noise statistics where logged (float[G]): step, training loss, tr(Σ), |G|²
+    gns_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gns_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gns_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gns_g2: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -318,7 +323,12 @@ def _curve(records: list[dict]) -> Curve | None:
         return None
     evals = [r for r in pts if _num(r.get("eval_loss"))]
     src, kind = (evals, "eval") if evals else (pts, "train")
+    gns = [r for r in pts if _num(r.get("gns_trace")) and _num(r.get("gns_g2"))]
     return Curve(
+        gns_step=np.array([float(r.get("step", np.nan)) for r in gns]),
+        gns_loss=np.array([float(r["loss"]) for r in gns]),
+        gns_trace=np.array([float(r["gns_trace"]) for r in gns]),
+        gns_g2=np.array([float(r["gns_g2"]) for r in gns]),
         step=np.array([float(r.get("step", np.nan)) for r in src]),
         tokens=np.array([float(r["tokens"]) for r in src]),
         flops=np.array([float(r["flops"]) for r in src]),

@@ -14,12 +14,14 @@ from typing import Callable
 def write_run(d: str | Path, *, n: float = 1.0e6, total: float = 1.5e6, steps: int = 10,
               tokens_per_step: int = 1000, flops_per_token: float = 6.0e6,
               loss_fn: Callable[[float], float] | None = None, complete: bool = True,
-              eval_every: int = 5, batch_size: int = 4, seq_len: int = 250) -> Path:
+              eval_every: int = 5, batch_size: int = 4, seq_len: int = 250,
+              extra_fn: Callable[[int, float], dict] | None = None) -> Path:
     """Write ``config.json``, ``metrics.jsonl`` (train loss = eval loss + 0.01; eval every
     ``eval_every`` steps and at the last) and, if ``complete``, ``summary.json``.
 
     ``n`` non-embedding parameters, ``total`` all parameters, ``tokens_per_step`` tokens,
-    ``flops_per_token`` training FLOPs per token, ``loss_fn(tokens) -> nats/token``.
+    ``flops_per_token`` training FLOPs per token, ``loss_fn(tokens) -> nats/token``;
+    ``extra_fn(step, loss)`` returns more fields for each metrics line (e.g. ``gns_trace``).
     """
     d = Path(d)
     d.mkdir(parents=True)
@@ -33,6 +35,8 @@ def write_run(d: str | Path, *, n: float = 1.0e6, total: float = 1.5e6, steps: i
     for s in range(1, steps + 1):
         tok = s * tokens_per_step
         rec = {"step": s, "tokens": tok, "flops": tok * flops_per_token, "loss": loss_fn(tok) + 0.01}
+        if extra_fn is not None:
+            rec.update(extra_fn(s, rec["loss"]))
         if s % eval_every == 0 or s == steps:
             rec["eval_loss"] = loss_fn(tok)
             evals.append(rec["eval_loss"])

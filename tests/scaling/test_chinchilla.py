@@ -157,20 +157,22 @@ def test_allocation_intervals_from_bootstrap(fit60):
 
 @pytest.mark.slow
 def test_bootstrap_coverage_approach3():
-    # 40 simulated tables x 200 resamples, 80 % percentile intervals for alpha, beta and E.
-    # Coverage ~ Binomial(40, 0.8): sd 0.063; accept [0.55, 0.97] (about -4/+2.7 sd: the
-    # percentile bootstrap of a 5-parameter fit on 60 points is expected to under-cover a bit).
-    hits = {"alpha": 0, "beta": 0, "E": 0}
+    # 50 simulated tables (1 % noise) x 200 resamples, 95 % percentile intervals (refits polished to
+    # convergence). Required: each of alpha, beta, E and a covered in >= 90 % of the 50 repetitions.
+    # Measured: alpha 48/50, beta 49/50, E 49/50, a 49/50; no refit hit the iteration limit.
+    truth = {**PUBLISHED, "a": A_TRUE}
+    hits = {"alpha": 0, "beta": 0, "E": 0, "a": 0}
     starts = GRID[::12]
-    for s in range(40):
+    for s in range(50):
         t = isoflop_table(6, 10, sigma=0.01, seed=1000 + s)
         fit = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=starts, n_bootstrap=200,
-                                       bootstrap_starts=1, level=0.8, seed=s)
+                                       bootstrap_starts=1, level=0.95, seed=s)
+        assert fit["optimizer"]["bootstrap"]["n_hit_max_iter"] == 0
         for k in hits:
             lo, hi = fit["ci"][k]
-            hits[k] += lo <= PUBLISHED[k] <= hi
+            hits[k] += lo <= truth[k] <= hi
     for k, h in hits.items():
-        assert 0.55 <= h / 40 <= 0.97, (k, h)
+        assert h / 50 >= 0.9, (k, h)
 
 
 def test_closed_form_gradient_matches_autodiff():

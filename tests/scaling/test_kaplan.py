@@ -99,3 +99,56 @@ def test_kaplan_ns_exact():
     assert res["S_c"] == pytest.approx(sc, rel=1e-3)
     # S_min = S / (1 + B_crit/B)
     assert kaplan.s_min_from_steps(1000, 256, 256) == pytest.approx(500)
+
+
+def _kaplan_ns_runs(tmp_path, law, bcrit, gns=False):
+    """Runs of sizes N and batch sizes B whose eval loss at step S solves Kaplan's
+    L = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S with S_min = S/(1 + B_crit(L)/B) exactly."""
+    from scipy.optimize import brentq
+
+    from scalinglab.scaling.kaplan import bcrit_at
+    from scalinglab.scaling.synthetic import write_run
+
+    def loss_at(n, b, s):
+        def gap(log_smin):
+            s_min = np.exp(log_smin)
+            loss = (law["N_c"] / n) ** law["alpha_N"] + (law["S_c"] / s_min) ** law["alpha_S"]
+            return s_min * (1 + bcrit_at(bcrit, loss) / b) - s
+        s_min = np.exp(brentq(gap, -20, np.log(s)))
+        return (law["N_c"] / n) ** law["alpha_N"] + (law["S_c"] / s_min) ** law["alpha_S"]
+
+    for n in (1e6, 4e6, 1.6e7):
+        for b in (8, 64):
+            extra = (lambda s, l: {"gns_trace": float(bcrit_at(bcrit, l)), "gns_g2": 1.0}) if gns else None
+            write_run(tmp_path / f"n{n:g}_b{b}", n=n, total=2 * n, steps=200, tokens_per_step=b * 100,
+                      batch_size=b, seq_len=100, eval_every=10, extra_fn=extra,
+                      loss_fn=lambda tok, n=n, b=b: float(loss_at(n, b, tok / (b * 100))))
+
+
+def test_kaplan_ns_and_cmin_through_fit_law(tmp_path):
+    from scalinglab.scaling.kaplan import bcrit_at, bcrit_from_b_simple
+    from scalinglab.scaling.laws import fit_law
+    from scalinglab.scaling.load import load_source
+
+    law = {"N_c": 8.8e13 / 1e4, "alpha_N": 0.076, "S_c": 2.1e3, "alpha_S": 0.76}
+    bcrit = {"B_star": 2000.0, "inv_alpha_B": 1 / 0.21}
+    _kaplan_ns_runs(tmp_path, law, bcrit, gns=True)
+    table = load_source(tmp_path)
+    res = fit_law(table, "kaplan-ns", bcrit=bcrit)
+    for k, v in law.items():
+        assert res[k] == pytest.approx(v, rel=1e-4), k
+    assert res["residuals"]["max_abs"] < 1e-6
+    # with raw steps (no S_min correction, i.e. B_crit = 0) the same data misfit
+    wrong = fit_law(table, "kaplan-ns", bcrit={"B_star": 1e-12, "inv_alpha_B": 0.0})
+    assert wrong["residuals"]["rms"] > 100 * res["residuals"]["rms"]
+    # B_crit(L) from the runs' in-loop noise scale: trace/g2 = B_crit(L) at every logged step, so the
+    # binned ratios follow the law up to the binning (geometric-mean loss of a bin)
+    bs = bcrit_from_b_simple(table)
+    assert bs["inv_alpha_B"] == pytest.approx(1 / 0.21, rel=0.02)
+    mid = np.exp(np.mean(np.log(bs["loss"])))  # compare where the data are (B* is B_crit at L = 1)
+    assert bcrit_at(bs, mid) == pytest.approx(bcrit_at(bcrit, mid), rel=0.02)
+    auto = fit_law(table, "kaplan-ns")
+    assert "B_simple" in auto["bcrit"]["source"] and auto["alpha_N"] == pytest.approx(0.076, abs=0.005)
+    # L(C_min): C_min = C/(1 + B/B_crit(L)) puts both batch sizes on one frontier
+    cm = fit_law(table, "kaplan-cmin", bcrit=bcrit)
+    assert cm["law"] == "kaplan-cmin" and cm["bcrit"]["B_star"] == 2000.0 and 0 < cm["alpha_C"] < 0.2
