@@ -254,12 +254,23 @@ def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets
         fits.setdefault("critical_batch", {})[sweep_dir.name] = json_safe(cb)
         doc.append(Heading(f"Critical batch size ({sweep_dir.relative_to(runs_dir)})"))
         doc.append(Paragraph(
-            f"Batch sizes {', '.join(str(int(c.batch_size)) for c in curves)} (sequences); per target loss, "
-            f"(S/S_min − 1)(E/E_min − 1) = 1 fitted to steps S and examples E; B_crit = E_min/S_min. "
+            f"Batch sizes {', '.join(str(b) for b in cb['batch_sizes'])} (sequences; {len(curves)} runs); per target "
+            f"loss, the steps S of each batch size (the fewest over its learning rates) and examples E = B·S, "
+            f"(S/S_min − 1)(E/E_min − 1) = 1 fitted; B_crit = E_min/S_min. "
             f"B_crit(L) = B*/L^(1/α_B): B* = {_g(cb.get('B_star'))}, α_B = {_g(cb.get('alpha_B'))}."))
         rows = [[_g(t["loss"]), _g(t["S_min"], ".4g"), _g(t["E_min"], ".4g"), _g(t["B_crit"], ".3g"),
                  _ci(t, "B_crit"), _g(t.get("b_simple"), ".3g")] for t in cb["targets"]]
         doc.append(Table(["target loss", "S_min (steps)", "E_min (sequences)", "B_crit", "interval", "B_simple"], rows))
+        lr_rows = [[b, str(len(row["lrs"]))] + [("n/a" if lr is None else f"{lr:.3g}") + (" (edge)" if edge else "")
+                                                for lr, edge in zip(row["best_lr"], row["at_edge"])]
+                   for b, row in cb.get("lr_by_batch", {}).items()]
+        if lr_rows:
+            doc.append(Paragraph("Best learning rate of each batch size at each target loss (the run that set its "
+                                 "steps; \"edge\": at the smallest or largest lr tried, so the optimum may lie "
+                                 "outside the grid)."))
+            doc.append(Table(["B", "lrs tried"] + [f"L={_g(t['loss'])}" for t in cb["targets"]], lr_rows))
+        for w in cb.get("warnings", []):
+            doc.append(Paragraph(f"Warning: {w}."))
         stem = sweep_dir.name
         for name, caption, draw in (
             (f"{stem}_tradeoff.png", "Steps vs examples to reach each target loss, with the fitted hyperbolas.",

@@ -99,3 +99,29 @@ def test_cli_errors_one_line_exit_2(tmp_path, args, needle):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     assert needle in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_report_states_the_protocol_and_each_batch_sizes_best_lr(tmp_path):
+    """A ladder with a plan.json (hparams per run) and a grid sweep from McCandlish's model inside:
+    the report states both protocols and tabulates the best lr per batch size and target."""
+    from scalinglab.fileio import atomic_write_json
+    from scalinglab.scaling.mccandlish import McCandlishModel, write_sweep
+
+    runs = _ladder(tmp_path / "ladder")
+    hp = {"lr": "fixed: --lr for every run", "warmup": "fixed: 0.05 of the run", "beta2": "fixed: 0.95",
+          "batch_size": "fixed: --batch-size"}
+    atomic_write_json(runs / "plan.json", {"runs": [{"name": "x", "hparams": hp}]})
+    model = McCandlishModel()
+    write_sweep(runs / "sweep", model, (4, 16, 64), base_lr=model.lr_opt(16, 2.2), base_batch=16,
+                factors=(0.25, 0.5, 1.0, 2.0, 4.0), examples=20000)
+    out = write_report(runs, tmp_path / "report", n_bootstrap=20)
+    md = (out / "report.md").read_text()
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["n_runs"] == 20  # the sweep's 15 runs are not ladder points
+    assert "## Hyperparameter protocol" in md and "Learning rate: fixed: --lr for every run." in md
+    assert "every batch size trained at 5 learning rates" in md
+    cb = fits["critical_batch"]["sweep"]
+    assert set(cb["lr_by_batch"]) == {"4", "16", "64"}
+    assert "Best learning rate of each batch size" in md
+    best16 = cb["lr_by_batch"]["16"]["best_lr"][0]
+    assert f"{best16:.3g}" in md
