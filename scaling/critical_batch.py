@@ -191,7 +191,8 @@ def _curve(run_dir: Path, train: dict[str, Any], rows: list[dict[str, Any]], sou
 
 
 def _n_eval(rows: Sequence[dict[str, Any]]) -> int:
-    return len({int(r["step"]) for r in rows if (r.get("step") or 0) > 0 and not math.isnan(_finite(r.get("eval_loss")))})
+    steps = {int(r["step"]) for r in rows if (r.get("step") or 0) > 0 and not math.isnan(_finite(r.get("eval_loss")))}
+    return len(steps)
 
 
 def load_run_curve(run_dir: str | Path, *, source: str = "train", rel_width: float = DEFAULT_REL_WIDTH) -> RunCurve:

@@ -19,7 +19,7 @@ Pure numpy, no run files. Units: steps (optimizer updates), losses in nats/token
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

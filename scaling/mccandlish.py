@@ -28,8 +28,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -171,9 +171,14 @@ def write_sweep(
             grid.setdefault(str(b), {})[sub] = lr
         best = min(grid[str(b)], key=lambda k: json.loads((root / k / "summary.json").read_text())["final_eval_loss"])
         runs[str(b)] = best
-    meta = {"kind": "batch-sweep", "batch_sizes": sorted(int(b) for b in batch_sizes),
-            "lr_rule": "grid" if len(factors) > 1 else "sqrt", "runs": runs, "grid": grid,
-            "lr": {b: grid[b][sub] for b, sub in runs.items()},
-            "settings": {"lr_grid": list(factors) if len(factors) > 1 else None}}
+    meta = {
+        "kind": "batch-sweep",
+        "batch_sizes": sorted(int(b) for b in batch_sizes),
+        "lr_rule": "grid" if len(factors) > 1 else "sqrt",
+        "runs": runs,
+        "grid": grid,
+        "lr": {b: grid[b][sub] for b, sub in runs.items()},
+        "settings": {"lr_grid": list(factors) if len(factors) > 1 else None},
+    }
     (root / "sweep.json").write_text(json.dumps(meta))
     return root

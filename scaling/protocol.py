@@ -41,12 +41,15 @@ def describe_protocol(runs_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
             record["lr_law"] = law
             n_search = len(plan.get("lr_search") or [])
             search = _read(runs_dir / "lr_search" / "lr_search.json") or {}
-            best = ", ".join(f"N={s['non_embedding']:,}: {s['best_lr']:.3g}{' (grid edge)' if s['at_edge'] else ''}"
-                             for s in search.get("sizes", []))
+            best = ", ".join(
+                f"N={s['non_embedding']:,}: {s['best_lr']:.3g}{' (grid edge)' if s['at_edge'] else ''}"
+                for s in search.get("sizes", [])
+            )
             lines.append(
                 f"Learning rate per model size: {n_search} search runs at the smallest budget (a grid of learning "
                 f"rates for each searched size; best lr = vertex of a parabola of final loss in log lr: {best}), "
-                f"then lr_opt(N) = {law['A']:.4g}·N^{law['k']:.3f} for every ladder run (Porian et al. 2024).")
+                f"then lr_opt(N) = {law['A']:.4g}·N^{law['k']:.3f} for every ladder run (Porian et al. 2024)."
+            )
         elif "lr" in sources:
             lines.append(f"Learning rate: {'; '.join(sorted(sources['lr']))}.")
         for key, label in (("warmup", "Warmup"), ("beta2", "AdamW β2"), ("batch_size", "Batch size")):
@@ -66,8 +69,11 @@ def describe_protocol(runs_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
                 f"Batch sweep `{name}`: every batch size trained at {len(grid or [])} learning rates "
                 f"({', '.join(f'{f:g}' for f in grid or [])} × the √-rule lr); the steps to each target loss are "
                 f"the minimum over a batch size's learning rates (McCandlish et al. 2018; Shallue et al. 2019; "
-                f"Zhang et al. 2024)" + (f"; grid extended at B = {', '.join(extended)}" if extended else "") + ".")
+                f"Zhang et al. 2024)" + (f"; grid extended at B = {', '.join(extended)}" if extended else "") + "."
+            )
         elif rule:
-            lines.append(f"Batch sweep `{name}`: one learning rate per batch size by the {rule} rule (untuned: "
-                         f"B_crit can be biased, see the README).")
+            lines.append(
+                f"Batch sweep `{name}`: one learning rate per batch size by the {rule} rule (untuned: "
+                f"B_crit can be biased, see the README)."
+            )
     return lines, record

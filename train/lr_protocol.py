@@ -20,7 +20,7 @@ has parameters (their fix for the long fixed warmup that penalised small models)
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

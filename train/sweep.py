@@ -212,7 +212,8 @@ def run_sweep(
         if old.get("settings") != settings:
             diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
             raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
-        meta.update({k: old[k] for k in ("runs", "lr", "candidates", "grid", "extended") if isinstance(old.get(k), dict)})
+        kept = ("runs", "lr", "candidates", "grid", "extended")
+        meta.update({k: old[k] for k in kept if isinstance(old.get(k), dict)})
         meta["batch_sizes"] = list(old.get("batch_sizes") or [])
         if base.warmup is None and isinstance(old.get("warmup"), int):
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending

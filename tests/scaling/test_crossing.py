@@ -37,10 +37,14 @@ def test_isotonic_matches_scipy(seed):
 
 def test_min_over_lr_picks_minimum_and_flags_edges():
     lrs = [4e-3, 1e-3, 2e-3]  # unsorted on purpose
-    steps = np.array([[50.0, 90.0, 60.0],  # best at the largest lr → edge
-                      [80.0, 90.0, 70.0],  # best in the middle
-                      [np.nan, 40.0, np.inf],  # only the smallest lr got there → edge
-                      [np.nan, np.nan, np.nan]])  # nobody
+    steps = np.array(
+        [
+            [50.0, 90.0, 60.0],  # best at the largest lr → edge
+            [80.0, 90.0, 70.0],  # best in the middle
+            [np.nan, 40.0, np.inf],  # only the smallest lr got there → edge
+            [np.nan, np.nan, np.nan],
+        ]
+    )  # nobody
     res = min_over_lr(lrs, steps)
     np.testing.assert_array_equal(res["steps"][:3], [50.0, 70.0, 40.0])
     assert math.isnan(res["steps"][3]) and math.isnan(res["lr"][3]) and res["index"][3] == -1
@@ -79,8 +83,9 @@ def _noisy_crossings(batch_size, noise, n_rep=100, seed=0):
     raw, ours = [], []
     for _ in range(n_rep):
         y = clean + noise * math.sqrt(8.0 / batch_size) * rng.standard_normal(len(clean))
-        curve = cb.curve_from_rows([{"step": int(s), "loss": float(v)} for s, v in zip(steps, y)],
-                                   batch_size=batch_size, seq_len=64)
+        curve = cb.curve_from_rows(
+            [{"step": int(s), "loss": float(v)} for s, v in zip(steps, y)], batch_size=batch_size, seq_len=64
+        )
         raw.append([cb.steps_to_target(steps, y, t) for t in TARGETS[:-1]])
         ours.append([cb.steps_to_target(curve.steps, curve.loss, t) for t in TARGETS[:-1]])
     return np.median(np.array(raw) / truth, 0) - 1, np.median(np.array(ours) / truth, 0) - 1
@@ -100,8 +105,9 @@ def test_first_crossing_bias_is_bounded_on_smoothed_monotone_curves(batch_size):
 def _fit_exact(batch_sizes, base_lr, base_batch, factors):
     """B_crit per target from exact steps (no curves): min over the lr grid at each B."""
     b = np.array(batch_sizes, dtype=float)
-    steps = np.array([[MODEL.steps_to_loss(bb, f * sqrt_rule(base_lr, base_batch, bb), TARGETS) for f in factors]
-                      for bb in b])  # [B, F, K]
+    steps = np.array(
+        [[MODEL.steps_to_loss(bb, f * sqrt_rule(base_lr, base_batch, bb), TARGETS) for f in factors] for bb in b]
+    )  # [B, F, K]
     best = steps.min(axis=1).T
     _, b_crit, _ = cb.fit_hyperbola_batch(b, np.where(np.isfinite(best), best, np.nan))
     return b_crit / MODEL.true_b_crit(TARGETS)
@@ -137,8 +143,17 @@ def test_fit_batch_recovers_bcrit_on_noisy_mccandlish_grid_sweep(tmp_path):
     B_crit within 25 % of the truth at >= 5 of 6 targets; each batch size's best lr is reported."""
     sizes = (4, 8, 16, 32, 64, 128)
     base_lr = 0.5 * MODEL.lr_opt(16, 2.2)
-    sweep = write_sweep(tmp_path / "grid", MODEL, sizes, base_lr=base_lr, base_batch=16, factors=FACTORS,
-                        examples=40000, noise=0.03, seed=1)
+    sweep = write_sweep(
+        tmp_path / "grid",
+        MODEL,
+        sizes,
+        base_lr=base_lr,
+        base_batch=16,
+        factors=FACTORS,
+        examples=40000,
+        noise=0.03,
+        seed=1,
+    )
     proc = _cli("fit-batch", str(sweep), "--json", "--bootstrap", "200")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -154,21 +169,41 @@ def test_fit_batch_recovers_bcrit_on_noisy_mccandlish_grid_sweep(tmp_path):
             assert abs(math.log2(lr / opt)) <= 1.0 + 1e-9 or row["at_edge"]
     for t in result["targets"]:
         for r in t["runs"]:
-            assert r["lr"] == pytest.approx(result["lr_by_batch"][str(r["batch_size"])]["best_lr"][
-                [x["loss"] for x in result["targets"]].index(t["loss"])])
+            assert r["lr"] == pytest.approx(
+                result["lr_by_batch"][str(r["batch_size"])]["best_lr"][
+                    [x["loss"] for x in result["targets"]].index(t["loss"])
+                ]
+            )
     # the same sweep's √-rule runs alone (factor 1) are further off than the grid
-    sqrt_only = write_sweep(tmp_path / "sqrt", MODEL, sizes, base_lr=base_lr, base_batch=16, examples=40000,
-                            noise=0.03, seed=1)
-    res_sqrt = json.loads(_cli("fit-batch", str(sqrt_only), "--json", "--bootstrap", "200",
-                               "--targets", ",".join(str(t["loss"]) for t in result["targets"])).stdout)
+    sqrt_only = write_sweep(
+        tmp_path / "sqrt", MODEL, sizes, base_lr=base_lr, base_batch=16, examples=40000, noise=0.03, seed=1
+    )
+    res_sqrt = json.loads(
+        _cli(
+            "fit-batch",
+            str(sqrt_only),
+            "--json",
+            "--bootstrap",
+            "200",
+            "--targets",
+            ",".join(str(t["loss"]) for t in result["targets"]),
+        ).stdout
+    )
     r_sqrt = np.array([t["B_crit"] / float(MODEL.true_b_crit(t["loss"])[0]) for t in res_sqrt["targets"]])
     assert np.mean(np.abs(np.log(r_sqrt))) > np.mean(np.abs(np.log(ratios))), (r_sqrt, ratios)
 
 
 def test_edge_of_grid_is_flagged_and_warned(tmp_path):
     """A grid far too low (base lr 16x below the optimum): the best lr sits at the top edge → warning."""
-    sweep = write_sweep(tmp_path / "low", MODEL, (4, 16, 64), base_lr=MODEL.lr_opt(16, 2.2) / 16, base_batch=16,
-                        factors=(0.5, 1.0, 2.0), examples=20000)
+    sweep = write_sweep(
+        tmp_path / "low",
+        MODEL,
+        (4, 16, 64),
+        base_lr=MODEL.lr_opt(16, 2.2) / 16,
+        base_batch=16,
+        factors=(0.5, 1.0, 2.0),
+        examples=20000,
+    )
     proc = _cli("fit-batch", str(sweep), "--json", "--bootstrap", "50", "--n-targets", "2")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -16,8 +16,16 @@ from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.ladder import run_ladder
 from scalinglab.train.plan import LadderSpec, plan_ladder, plan_lr_search
 
-SPEC = LadderSpec(budgets=(1e11, 3e11), sizes_per_budget=5, size_span=16.0, seq_len=32, batch_size=8,
-                  vocab_size=64, head_dim=8, lr=3e-3)
+SPEC = LadderSpec(
+    budgets=(1e11, 3e11),
+    sizes_per_budget=5,
+    size_span=16.0,
+    seq_len=32,
+    batch_size=8,
+    vocab_size=64,
+    head_dim=8,
+    lr=3e-3,
+)
 A_TRUE, K_TRUE = 0.2, -0.4  # the fake optimum lr_opt(N) = 0.2·N^−0.4
 
 
@@ -102,8 +110,12 @@ def test_run_ladder_searches_first_then_trains_at_the_fitted_law(tmp_path):
         expected = A_TRUE * r["non_embedding"] ** K_TRUE
         assert r["lr"] == pytest.approx(expected, rel=1e-6) and trained[r["name"]].lr == pytest.approx(expected)
         assert trained[r["name"]].beta2 == 0.99 and trained[r["name"]].warmup == r["warmup"]
-        assert r["hparams"]["lr"].startswith("lr_opt(N) =") and set(r["hparams"]) == {"lr", "warmup", "beta2",
-                                                                                      "batch_size"}
+        assert r["hparams"]["lr"].startswith("lr_opt(N) =") and set(r["hparams"]) == {
+            "lr",
+            "warmup",
+            "beta2",
+            "batch_size",
+        }
     for r in plan["lr_search"]:
         assert r["hparams"]["lr"].startswith("search grid")
     from scalinglab.scaling.protocol import describe_protocol
