@@ -33,6 +33,8 @@ from typing import Any
 from scalinglab.errors import UserError
 
 _META = "scalinglab.option"
+# Config-file sections in the order help texts and written configs list them (others follow).
+SECTION_ORDER = ("ladder", "sweep", "demo", "model", "data", "optimizer", "train")
 # A run directory's config.json (written by the training loop) is accepted as --config: its
 # "train" object holds the TrainConfig fields, flat. It is recognised by these two keys.
 _RUN_CONFIG_KEYS = ("train", "accounting")
@@ -245,7 +247,8 @@ class Schema:
                     required=field.name in part.required,
                     help=part.help.get(field.name, meta.help),
                 )
-        self.sections = tuple(dict.fromkeys(k.section for k in self.keys.values()))
+        found = dict.fromkeys(k.section for k in self.keys.values())
+        self.sections = tuple(sorted(found, key=lambda s: SECTION_ORDER.index(s) if s in SECTION_ORDER else 99))
         clash = set(self.sections) & set(self.keys)
         if clash:
             raise ValueError(f"{command}: {sorted(clash)} are both sections and keys")
@@ -372,7 +375,7 @@ class Schema:
             obj = by_cls.get(key.part.cls)
             if obj is not None:
                 out.setdefault(key.section, {})[key.name] = _plain(getattr(obj, key.name))
-        return out
+        return {section: out[section] for section in self.sections if section in out}
 
 
 def _show(value: Any) -> str:
