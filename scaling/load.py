@@ -324,9 +324,19 @@ def _curve(records: list[dict]) -> Curve | None:
     evals = [r for r in pts if _num(r.get("eval_loss"))]
     src, kind = (evals, "eval") if evals else (pts, "train")
     gns = [r for r in pts if _num(r.get("gns_trace")) and _num(r.get("gns_g2"))]
+    # a windowed estimate is attributed to its window's centre step (gns_step); its loss is the
+    # training loss interpolated there
+    gns_step = np.array([float(r["gns_step"]) if _num(r.get("gns_step")) else float(r.get("step", np.nan))
+                         for r in gns])
+    steps_all = np.array([float(r.get("step", np.nan)) for r in pts])
+    loss_all = np.array([float(r["loss"]) for r in pts])
+    finite = np.isfinite(steps_all)
+    xs, first = np.unique(steps_all[finite], return_index=True)  # sorted; a resumed run may repeat steps
+    gns_loss = (np.interp(gns_step, xs, loss_all[finite][first]) if gns and xs.size
+                else np.array([float(r["loss"]) for r in gns]))
     return Curve(
-        gns_step=np.array([float(r.get("step", np.nan)) for r in gns]),
-        gns_loss=np.array([float(r["loss"]) for r in gns]),
+        gns_step=gns_step,
+        gns_loss=np.asarray(gns_loss, np.float64).reshape(-1),
         gns_trace=np.array([float(r["gns_trace"]) for r in gns]),
         gns_g2=np.array([float(r["gns_g2"]) for r in gns]),
         step=np.array([float(r.get("step", np.nan)) for r in src]),
