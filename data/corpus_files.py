@@ -1,11 +1,11 @@
 """A user's corpus files: list them (globs), cut them into work units, read their documents.
 
-Formats, chosen by the file name: ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` (one JSON object
-per line, the document in ``text_field``; blank lines are skipped), ``.parquet`` (the document
-in column ``text_field``), ``.txt`` / ``.md`` (one document per file, UTF-8, undecodable bytes
-replaced by U+FFFD). Every path goes through ``etils.epath``, so ``gs://bucket/dir/*.jsonl``
-takes the same code as a local path (remote paths need the filesystem package epath uses,
-``gcsfs``).
+Formats, chosen by the file name (or forced for all files by ``format``): ``.jsonl`` /
+``.jsonl.gz`` / ``.jsonl.zst`` (one JSON object per line, the document in ``text_field``; blank
+lines are skipped), ``.parquet`` (the document in column ``text_field``), ``.txt`` / ``.md`` (one
+document per file, UTF-8, undecodable bytes replaced by U+FFFD). Every path goes through
+``etils.epath``, so ``gs://bucket/dir/*.jsonl`` takes the same code as a local path (remote
+paths need the filesystem package epath uses, ``gcsfs``).
 
 Work units (:class:`Unit`): an uncompressed ``.jsonl`` file is cut into byte ranges of about
 ``unit_bytes`` (a line belongs to the range holding its first byte), a ``.parquet`` file into
@@ -41,9 +41,17 @@ def epath_of(path: str):
     return epath.Path(path if "://" in path else os.path.expanduser(path))
 
 
-def format_of(path: str) -> str:
-    """The format key of ``path`` (see :data:`FORMATS`) or a :class:`UserError`."""
+def format_of(path: str, forced: str = "") -> str:
+    """The format key of ``path`` (see :data:`FORMATS`) or a :class:`UserError`. ``forced``
+    (``jsonl``, ``parquet`` or ``text``) overrides the name, e.g. for C4's ``*.json.gz``; a
+    forced ``jsonl`` still takes its compression from a ``.gz`` / ``.zst`` suffix."""
     name = path.rsplit("/", 1)[-1].lower()
+    if forced:
+        if forced not in ("jsonl", "parquet", "text"):
+            raise UserError(f"format must be jsonl, parquet or text, got {forced!r}")
+        if forced == "jsonl" and name.endswith((".gz", ".zst")):
+            return "jsonl." + name.rsplit(".", 1)[-1]
+        return forced
     for suffix in sorted(FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
             return FORMATS[suffix]
@@ -94,7 +102,7 @@ class Unit:
         return cls(d["fmt"], tuple((str(p), int(a), int(b)) for p, a, b in d["pieces"]), int(d["n_bytes"]))
 
 
-def _probe(path: str) -> tuple[int, float, list[int] | None]:
+def _probe(path: str, forced: str = "") -> tuple[int, float, list[int] | None]:
     """(size in bytes, mtime, compressed bytes per parquet row group or None); reads one byte."""
     p = epath_of(path)
     try:
@@ -102,7 +110,7 @@ def _probe(path: str) -> tuple[int, float, list[int] | None]:
         with p.open("rb") as f:
             f.read(1)
         groups = None
-        if format_of(path) == "parquet":
+        if format_of(path, forced) == "parquet":
             import pyarrow.parquet as pq
 
             with p.open("rb") as f:
@@ -116,13 +124,14 @@ def _probe(path: str) -> tuple[int, float, list[int] | None]:
     return int(st.length), float(st.mtime), groups
 
 
-def probe_files(paths: list[str], threads: int = 16) -> list[tuple[int, float, list[int] | None]]:
+def probe_files(paths: list[str], forced: str = "", threads: int = 16) -> list[tuple[int, float, list[int] | None]]:
     """:func:`_probe` of every path (in threads: remote stat calls are slow), in order."""
     with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
-        return list(pool.map(_probe, paths))
+        return list(pool.map(lambda p: _probe(p, forced), paths))
 
 
-def make_units(paths: list[str], probes: list[tuple[int, float, list[int] | None]], unit_bytes: int) -> list[Unit]:
+def make_units(paths: list[str], probes: list[tuple[int, float, list[int] | None]], unit_bytes: int,
+               forced: str = "") -> list[Unit]:
     """Cut the files into units of about ``unit_bytes`` input bytes (see the module doc)."""
     units: list[Unit] = []
     texts: list[tuple[str, int, int]] = []
@@ -135,7 +144,7 @@ def make_units(paths: list[str], probes: list[tuple[int, float, list[int] | None
         texts, text_bytes = [], 0
 
     for path, (size, _, groups) in zip(paths, probes):
-        fmt = format_of(path)
+        fmt = format_of(path, forced)
         if fmt == "text":
             if texts and text_bytes + size > unit_bytes:
                 flush_texts()

@@ -1,7 +1,8 @@
 """The ``files`` builder: a user's corpus files + tokenizer → pre-tokenised array_record shards.
 
 ``scalinglab data prepare --dataset files/NAME --config files=GLOB[,GLOB...] [--config key=value]
-[--workers N]``. Config keys (:data:`DEFAULTS`): ``files``, ``text_field``, ``tokenizer``,
+[--workers N]``. Config keys (:data:`DEFAULTS`): ``files``, ``text_field``, ``format``
+(``jsonl``|``parquet``|``text`` for every file instead of the name's suffix), ``tokenizer``,
 ``eos``, ``validation_fraction``, ``validation_files``, ``on_error`` (``stop``|``skip``),
 ``vocab_multiple`` (round the model's ``vocab_size`` up to a multiple; 1 = no rounding),
 ``unit_bytes`` (input bytes per unit of work), ``tiktoken_pattern``.
@@ -50,6 +51,7 @@ from scalinglab.errors import UserError
 DEFAULTS: dict[str, Any] = {
     "files": "",
     "text_field": "text",
+    "format": "",
     "tokenizer": "bytes",
     "eos": "",
     "validation_fraction": 0.01,
@@ -83,6 +85,8 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         raise UserError("give either validation_fraction or validation_files, not both")
     if not cfg["validation_files"] and not 0 < cfg["validation_fraction"] < 1:
         raise UserError(f"validation_fraction must be in (0, 1), got {cfg['validation_fraction']}")
+    if cfg["format"]:
+        corpus_files.format_of("", cfg["format"])  # checks the name
     if cfg["on_error"] not in ("stop", "skip"):
         raise UserError(f"on_error must be stop or skip, got {cfg['on_error']!r}")
     if cfg["vocab_multiple"] < 1 or cfg["unit_bytes"] < 1:
@@ -312,8 +316,8 @@ def _plan(name: str, final: Path, cfg: dict[str, Any]) -> tuple[Plan, bool]:
     files = corpus_files.expand(cfg["files"])
     val_files = corpus_files.expand(cfg["validation_files"]) if cfg["validation_files"] else []
     paths = sorted(set(files) | set(val_files))
-    probes = corpus_files.probe_files(paths)
-    units = corpus_files.make_units(paths, probes, cfg["unit_bytes"])
+    probes = corpus_files.probe_files(paths, cfg["format"])
+    units = corpus_files.make_units(paths, probes, cfg["unit_bytes"], cfg["format"])
     final.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(json.dumps({
         "version": PLAN_VERSION,

@@ -42,7 +42,7 @@ import grain
 import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
-from scalinglab.data.prepared import PreparedDataset, load_dataset, prepare_dataset  # noqa: F401
+from scalinglab.data.prepared import PreparedDataset, epochs, load_dataset, prepare_dataset  # noqa: F401
 from scalinglab.errors import UserError
 
 STATE_VERSION = 2

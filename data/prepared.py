@@ -46,6 +46,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 _TOKENIZER_KEYS = {"tokenizer": "bytes", "bpe_vocab_size": 2048}
 
 
+def epochs(n_train_tokens: int, seq_len: int, global_batch_size: int, steps: int) -> float:
+    """Passes over a train split of ``n_train_tokens`` stream tokens that ``steps`` global batches
+    make: windows read / windows in one epoch (a window is ``seq_len + 1`` stream tokens, see
+    :mod:`scalinglab.data.pipeline`); ``inf`` when the split holds no whole window."""
+    windows = int(n_train_tokens) // (int(seq_len) + 1)
+    return float("inf") if windows == 0 else int(steps) * int(global_batch_size) / windows
+
+
 def prepare_command(name: str) -> str:
     return f"scalinglab data prepare --dataset {name}"
 

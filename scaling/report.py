@@ -93,6 +93,21 @@ def _entropy_rate(runs_dir: Path) -> float | None:
     return None
 
 
+def repeated_data(runs_dir: Path) -> dict[str, float]:
+    """``{run name: epochs}`` of the runs whose config.json says they read their train split
+    more than once (``data.epochs > 1``, written by ``train``)."""
+    out = {}
+    for cfg in sorted(runs_dir.rglob("config.json")):
+        try:
+            c = json.loads(cfg.read_text())
+            epochs = c.get("data", {}).get("epochs")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(epochs, (int, float)) and epochs > 1:
+            out[c.get("name") or cfg.parent.name] = float(epochs)
+    return out
+
+
 def _sweep_dirs(runs_dir: Path) -> list[Path]:
     return sorted(p.parent for p in runs_dir.rglob("sweep.json"))
 
@@ -136,6 +151,14 @@ def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets
                      _g(table.tokens[i], ".3g"), _g(table.flops[i], ".3g"), _g(table.tokens[i] / table.params[i], ".1f"),
                      _g(table.loss[i]), _g(table.best_loss[i]) if table.best_loss is not None else "—"])
     doc.append(Table(["run", "N", "N_total", "D (tokens)", "C (FLOPs)", "D/N", "final eval loss", "best eval loss"], rows))
+    repeats = repeated_data(runs_dir)
+    if repeats:
+        fits["data_repeats"] = repeats
+        worst = max(repeats, key=repeats.get)
+        doc.append(Paragraph(
+            f"Data repeats: {len(repeats)} of {len(table)} runs read their training data more than once (up to "
+            f"{repeats[worst]:.2f} epochs, {worst}); the laws assume fresh tokens, so their D is worth less than "
+            f"unique data (repeated tokens lose value after a few epochs, Muennighoff et al. 2023)."))
     figs: list[tuple[str, str]] = []
 
     def figure(name: str, caption: str, draw: Callable[[Path], None]) -> None:

@@ -12,7 +12,7 @@ from scalinglab.errors import UserError
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import (LADDER_PRESETS, LadderSpec, format_seconds, plan_ladder, plan_lr_search,
-                                   plan_table)
+                                   plan_table, run_epochs)
 from scalinglab.train.wandb_log import require_wandb
 
 
@@ -23,6 +23,7 @@ class LadderOptions:
     ladder_preset: str = option("", "a ladder sized for a machine: " + ", ".join(LADDER_PRESETS))
     throughput: float | None = option(None, "FLOP/s used for the time estimate")
     out: str = option("runs/ladder", "ladder directory (one run dir per planned run)")
+    allow_repeat: bool = option(False, "let a --ladder-preset run read its dataset more than once (default: refuse)")
 
 
 # TrainConfig fields the plan sets for each run; every other one applies to all runs of the ladder.
@@ -60,13 +61,29 @@ def spec_from_args(args: argparse.Namespace) -> tuple[LadderSpec, dict]:
     return _spec(values, SCHEMA.build(LadderOptions, values))
 
 
-def _dataset_vocab(dataset: str, data_dir: str | None) -> int | None:
-    from scalinglab.data.pipeline import load_dataset
+def _dataset(dataset: str, data_dir: str | None):
+    """The prepared dataset, or None when it is not prepared (a dry run may plan without it)."""
+    from scalinglab.data.prepared import load_dataset
 
     try:
-        return int(load_dataset(dataset, data_dir=data_dir).vocab_size)
+        return load_dataset(dataset, data_dir=data_dir)
     except UserError:
         return None
+
+
+def _check_repeats(opts: LadderOptions, dataset: str, runs, epochs, ds) -> None:
+    """A ladder preset must fit its dataset (each run at most one epoch) unless --allow-repeat;
+    any other ladder that repeats data gets a note."""
+    if ds is None or not epochs or max(epochs) <= 1:
+        return
+    worst = max(range(len(runs)), key=lambda i: epochs[i])
+    r = runs[worst]
+    what = (f"run {r.name} reads {r.steps * r.batch_size * (r.seq_len + 1):,} tokens, {epochs[worst]:.1f} epochs "
+            f"of the {ds.n_tokens('train'):,} train tokens of {dataset}")
+    if opts.ladder_preset and not opts.allow_repeat:
+        raise UserError(f"--ladder-preset {opts.ladder_preset}: {what}; prepare a bigger corpus "
+                        "(scalinglab data prepare --dataset files/NAME --config files=GLOB) or pass --allow-repeat")
+    sys.stderr.write(f"note: {what}: the data repeats\n")
 
 
 def _ladder(args: argparse.Namespace) -> int:
@@ -76,26 +93,27 @@ def _ladder(args: argparse.Namespace) -> int:
     shared: TrainConfig = SCHEMA.build(TrainConfig, values)  # the settings every run of the ladder shares
     if shared.wandb is not None:
         require_wandb()
-    if "vocab_size" not in values and not opts.ladder_preset:
-        vocab = _dataset_vocab(shared.dataset, shared.data_dir)
-        if vocab is None and not args.dry_run:
-            raise UserError(
-                f"dataset {shared.dataset!r} is not prepared; run: scalinglab data prepare --dataset {shared.dataset}"
-            )
-        if vocab is not None:
-            spec = dataclasses.replace(spec, vocab_size=vocab)
+    ds = _dataset(shared.dataset, shared.data_dir)
+    if ds is None and not args.dry_run:
+        raise UserError(
+            f"dataset {shared.dataset!r} is not prepared; run: scalinglab data prepare --dataset {shared.dataset}"
+        )
+    if "vocab_size" not in values and ds is not None:  # the model's vocabulary is the dataset's (presets too)
+        spec = dataclasses.replace(spec, vocab_size=int(ds.vocab_size))
     runs = plan_ladder(spec)
     search = plan_lr_search(spec, runs)
+    epochs = run_epochs([*search, *runs], None if ds is None else ds.n_tokens("train"))
+    _check_repeats(opts, shared.dataset, [*search, *runs], epochs, ds)
     flops_per_s = opts.throughput
     if flops_per_s is None and "preset" in extra:
         flops_per_s = extra["preset"].peak_flops_per_s * extra["preset"].assumed_mfu
     if args.dry_run:
         if args.json:
-            emit_json([r.to_dict() for r in [*search, *runs]])
+            emit_json([{**r.to_dict(), "epochs": e} for r, e in zip([*search, *runs], epochs)])
         else:
-            print(plan_table([*search, *runs], flops_per_s))
+            print(plan_table([*search, *runs], flops_per_s, epochs))
         return 0
-    print(plan_table([*search, *runs], flops_per_s), file=sys.stderr)
+    print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
     summaries = run_ladder(runs, opts.out, search_runs=search, resolved_config=SCHEMA.dump(opts, spec, shared),

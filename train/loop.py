@@ -108,6 +108,13 @@ def _resolve_model(cfg: TrainConfig, ds) -> Any:
     return model_cfg
 
 
+def _epochs(cfg: TrainConfig, ds) -> float:
+    """Passes this run makes over the dataset's train split (> 1: the data repeats)."""
+    from scalinglab.data.prepared import epochs
+
+    return epochs(ds.n_tokens("train"), cfg.seq_len, cfg.batch_size, cfg.total_steps())
+
+
 def _config_json(cfg: TrainConfig, model_cfg, ds) -> dict[str, Any]:
     counts = accounting.param_counts(model_cfg)
     train = cfg.to_dict()
@@ -123,6 +130,8 @@ def _config_json(cfg: TrainConfig, model_cfg, ds) -> dict[str, Any]:
             "tokenizer": getattr(ds, "tokenizer_name", None),
             "vocab_size": int(ds.vocab_size),
             "entropy_rate": getattr(ds, "entropy_rate", None),
+            "train_tokens": int(ds.n_tokens("train")),
+            "epochs": _epochs(cfg, ds),
         },
         "accounting": {
             "non_embedding": int(counts["non_embedding"]),
@@ -220,6 +229,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     model_cfg = _resolve_model(cfg, ds)
     total_steps = cfg.total_steps()
     is_main = jax.process_index() == 0
+    if is_main and _epochs(cfg, ds) > 1:
+        sys.stderr.write(f"note: this run reads the train split of {cfg.dataset} {_epochs(cfg, ds):.2f} times "
+                         f"({ds.n_tokens('train'):,} tokens): the data repeats\n")
     n_proc = jax.process_count()
 
     # ---- mesh and shardings
@@ -441,6 +453,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
         "total": int(counts["total"]),
         "batch_size": cfg.batch_size,
         "seq_len": cfg.seq_len,
+        "epochs": _epochs(cfg, ds),
     }
     if is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)

@@ -266,17 +266,30 @@ def plan_lr_search(spec: LadderSpec, runs: Sequence[PlannedRun]) -> list[Planned
 SEARCH_DIR = "lr_search"
 
 
-def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None) -> str:
-    """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time).
+def run_epochs(runs: Sequence[PlannedRun], train_tokens: int | None) -> list[float | None]:
+    """Passes each run makes over a train split of ``train_tokens`` stream tokens (None: unknown)."""
+    from scalinglab.data.prepared import epochs
+
+    return [None if train_tokens is None else epochs(train_tokens, r.seq_len, r.batch_size, r.steps) for r in runs]
+
+
+def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None,
+               epochs: Sequence[float | None] | None = None) -> str:
+    """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time, and
+    the passes over the training data when ``epochs`` is known, one per run).
 
     Columns are as wide as their widest cell and separated by two spaces, so large counts
     (``144,787,136``) never run into their neighbours.
     """
-    head = ["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps", "lr"] + (["est. time"] if flops_per_s else [])
+    show_epochs = epochs is not None and len(epochs) == len(runs) and all(e is not None for e in epochs)
+    head = (["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps", "lr"] + (["epochs"] if show_epochs else [])
+            + (["est. time"] if flops_per_s else []))
     rows = []
-    for r in runs:
+    for i, r in enumerate(runs):
         row = [r.name, f"{r.non_embedding:,}", f"{r.total:,}", f"{r.tokens:.3g}", f"{r.flops:.3g}",
                f"{r.tokens / r.non_embedding:.1f}", str(r.steps), "search" if r.lr is None else f"{r.lr:.3g}"]
+        if show_epochs:
+            row.append(f"{epochs[i]:.2f}")
         if flops_per_s:
             row.append(format_seconds(r.flops / flops_per_s))
         rows.append(row)
@@ -291,6 +304,9 @@ def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None) -> 
     if flops_per_s:
         foot += f", about {format_seconds(total / flops_per_s)} at {flops_per_s:.3g} FLOP/s"
     lines.append(foot)
+    if show_epochs and max(epochs) > 1:
+        lines.append(f"{sum(e > 1 for e in epochs)} of {len(runs)} runs read the training data more than once "
+                     f"(up to {max(epochs):.2f} epochs)")
     return "\n".join(lines)
 
 

@@ -313,6 +313,20 @@ def test_on_error_skip_counts_bad_records(tmp_path):
     assert s["splits"]["train"]["documents"] + s["splits"]["validation"]["documents"] == 61
 
 
+def test_format_forced_for_c4_style_json_gz(tmp_path):
+    from scalinglab.data import pipeline
+
+    docs = make_docs(40, seed=9)
+    write_jsonl(tmp_path / "c4-train.00000-of-00002.json.gz", docs[:20], opener=gzip.open)
+    write_jsonl(tmp_path / "c4-train.00001-of-00002.json.gz", docs[20:], opener=gzip.open)
+    cfg = {"files": str(tmp_path / "c4-train.*.json.gz"), "validation_fraction": 0.3}
+    with pytest.raises(Exception, match="unsupported file"):
+        pipeline.prepare_dataset("files/c4", tmp_path / "d", cfg)
+    ds = pipeline.prepare_dataset("files/c4", tmp_path / "d", {**cfg, "format": "jsonl"})
+    assert ds.n_documents("train") + ds.n_documents("validation") == 40
+    assert ds.n_tokens("train") + ds.n_tokens("validation") == sum(len(d.encode()) + 1 for d in docs)
+
+
 def test_stats_cli_reports_tokenizer_and_train_picks_up_vocab(tmp_path, corpus, tokenizer_files, capsys):
     data = str(tmp_path / "data")
     base = ["data", "prepare", "--data-dir", data, "--config", f"files={corpus}/*.jsonl*",
@@ -334,3 +348,9 @@ def test_stats_cli_reports_tokenizer_and_train_picks_up_vocab(tmp_path, corpus, 
                  "--out", str(run), "--no-progress"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["vocab_size"] == 512 and cfg["data"]["vocab_size"] == 512
+    train_tokens = json.loads((tmp_path / "data" / "files" / "sp128" / "prepared.json").read_text())["splits"][
+        "train"]["tokens"]
+    assert cfg["data"]["train_tokens"] == train_tokens
+    epochs = 2 * 8 / (train_tokens // 17)  # 2 steps of 8 windows of 17 stream tokens
+    assert cfg["data"]["epochs"] == pytest.approx(epochs)
+    assert json.loads((run / "summary.json").read_text())["epochs"] == pytest.approx(epochs)
