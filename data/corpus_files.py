@@ -24,13 +24,19 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 from scalinglab.errors import UserError
 
-FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl.gz", ".jsonl.zst": "jsonl.zst", ".parquet": "parquet",
-           ".txt": "text", ".md": "text"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl.gz",
+    ".jsonl.zst": "jsonl.zst",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".md": "text",
+}
 GLOB_CHARS = "*?["
 
 
@@ -98,7 +104,7 @@ class Unit:
         return {"fmt": self.fmt, "pieces": [list(p) for p in self.pieces], "n_bytes": self.n_bytes}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Unit":
+    def from_json(cls, d: dict) -> Unit:
         return cls(d["fmt"], tuple((str(p), int(a), int(b)) for p, a, b in d["pieces"]), int(d["n_bytes"]))
 
 
@@ -115,8 +121,10 @@ def _probe(path: str, forced: str = "") -> tuple[int, float, list[int] | None]:
 
             with p.open("rb") as f:
                 meta = pq.ParquetFile(f).metadata
-            groups = [sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
-                      for g in range(meta.num_row_groups)]
+            groups = [
+                sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
+                for g in range(meta.num_row_groups)
+            ]
     except UserError:
         raise
     except Exception as e:  # OSError, pyarrow's ArrowInvalid, ...
@@ -130,8 +138,9 @@ def probe_files(paths: list[str], forced: str = "", threads: int = 16) -> list[t
         return list(pool.map(lambda p: _probe(p, forced), paths))
 
 
-def make_units(paths: list[str], probes: list[tuple[int, float, list[int] | None]], unit_bytes: int,
-               forced: str = "") -> list[Unit]:
+def make_units(
+    paths: list[str], probes: list[tuple[int, float, list[int] | None]], unit_bytes: int, forced: str = ""
+) -> list[Unit]:
     """Cut the files into units of about ``unit_bytes`` input bytes (see the module doc)."""
     units: list[Unit] = []
     texts: list[tuple[str, int, int]] = []
@@ -322,7 +331,9 @@ def _read_parquet(path, first, stop, text_field, on_error, count_skip) -> Iterat
                     if on_error == "skip":
                         count_skip(kind)
                         continue
-                    raise UserError(f"{path}: row {row0 + i + 1} has no text in column {text_field!r} "
-                                    "(--config on_error=skip skips such rows)")
+                    raise UserError(
+                        f"{path}: row {row0 + i + 1} has no text in column {text_field!r} "
+                        "(--config on_error=skip skips such rows)"
+                    )
                 yield Document(text, path, row0 + i + 1, n)
             row0 += len(values)

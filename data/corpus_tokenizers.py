@@ -31,7 +31,8 @@ import base64
 import contextlib
 import json
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -174,8 +175,9 @@ def _parse_tiktoken(blob: bytes, source: str) -> dict[bytes, int]:
 
 
 def _dump_tiktoken(ranks: dict[bytes, int]) -> bytes:
-    return b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for t, r in sorted(ranks.items(),
-                                                                                      key=lambda x: x[1]))
+    return b"".join(
+        base64.b64encode(t) + b" " + str(r).encode() + b"\n" for t, r in sorted(ranks.items(), key=lambda x: x[1])
+    )
 
 
 @contextlib.contextmanager
@@ -224,8 +226,15 @@ class TiktokenTokenizer:
 
     kind = "tiktoken"
 
-    def __init__(self, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int], eos: str,
-                 source: str, name: str = "custom"):
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        pattern: str,
+        special_tokens: dict[str, int],
+        eos: str,
+        source: str,
+        name: str = "custom",
+    ):
         import tiktoken
 
         if eos not in special_tokens:
@@ -240,8 +249,14 @@ class TiktokenTokenizer:
         self.ranks = ranks
         self.vocab_size = int(self._enc.n_vocab)
         self.separator_id = int(special_tokens[eos])
-        self.spec = {"kind": "tiktoken", "eos": eos, "source": source, "name": name, "pattern": pattern,
-                     "special_tokens": dict(special_tokens)}
+        self.spec = {
+            "kind": "tiktoken",
+            "eos": eos,
+            "source": source,
+            "name": name,
+            "pattern": pattern,
+            "special_tokens": dict(special_tokens),
+        }
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._enc.encode_ordinary(text), dtype=np.int32)
@@ -286,8 +301,9 @@ def open_tokenizer(source: str, eos: str | None = None, tiktoken_pattern: str | 
         return _tiktoken_from_file(source, _read_bytes(source, "tokenizer"), eos, tiktoken_pattern)
     if "/" not in source and source in _tiktoken_constructors():
         d = _tiktoken_definition(source)
-        return TiktokenTokenizer(d["mergeable_ranks"], d["pat_str"], d["special_tokens"], eos or TIKTOKEN_EOS,
-                                 source, name=source)
+        return TiktokenTokenizer(
+            d["mergeable_ranks"], d["pat_str"], d["special_tokens"], eos or TIKTOKEN_EOS, source, name=source
+        )
     raise UserError(
         f"unknown tokenizer {source!r}: give bytes, a tokenizer.json path, a SentencePiece .model path, "
         "a .tiktoken file, or a tiktoken encoding name available offline"
@@ -330,9 +346,16 @@ def load_saved(spec: dict[str, Any], directory: str | os.PathLike):
     elif kind == "sentencepiece":
         tok = SentencePieceTokenizer(blob, spec["eos"], spec["source"])
     else:
-        tok = TiktokenTokenizer(_parse_tiktoken(blob, path), spec["pattern"], spec["special_tokens"], spec["eos"],
-                                spec["source"], name=spec.get("name", "custom"))
+        tok = TiktokenTokenizer(
+            _parse_tiktoken(blob, path),
+            spec["pattern"],
+            spec["special_tokens"],
+            spec["eos"],
+            spec["source"],
+            name=spec.get("name", "custom"),
+        )
     if tok.vocab_size != spec.get("vocab_size", tok.vocab_size) or tok.separator_id != spec.get(
-            "separator_id", tok.separator_id):
+        "separator_id", tok.separator_id
+    ):
         raise UserError(f"saved tokenizer in {directory} does not match its manifest")
     return tok

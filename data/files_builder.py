@@ -40,8 +40,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,9 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
             raise UserError(f"unknown config key {key!r} for files; known: {', '.join(sorted(DEFAULTS))}")
         cfg[key] = _coerce(key, value, DEFAULTS[key])
     if not cfg["files"].strip():
-        raise UserError("the files builder needs --config files=GLOB[,GLOB...] (jsonl, jsonl.gz, jsonl.zst, "
-                        "parquet, txt, md)")
+        raise UserError(
+            "the files builder needs --config files=GLOB[,GLOB...] (jsonl, jsonl.gz, jsonl.zst, parquet, txt, md)"
+        )
     if cfg["validation_files"] and "validation_fraction" in dict(config or {}):
         raise UserError("give either validation_fraction or validation_files, not both")
     if not cfg["validation_files"] and not 0 < cfg["validation_fraction"] < 1:
@@ -151,6 +153,7 @@ def run_unit(plan: Plan, index: int, report: Callable[[int, int, int], None]) ->
     """Tokenise unit ``index`` of ``plan`` into its two shards, write its counts file, return
     the counts. ``report(n_bytes, n_docs, n_tokens)`` is called about every 0.5 s."""
     from array_record.python.array_record_module import ArrayRecordWriter
+
     from scalinglab.fileio import atomic_write_json
 
     unit = corpus_files.Unit.from_json(plan.units[index])
@@ -252,8 +255,17 @@ class _Progress:
     def __init__(self, name: str, total_bytes: int, done_bytes: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_bytes, initial=done_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=f"prepare {name}", disable=None, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_bytes,
+            initial=done_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"prepare {name}",
+            disable=None,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self.docs = 0
         self.tokens = 0
         self.t0 = time.monotonic()
@@ -319,13 +331,18 @@ def _plan(name: str, final: Path, cfg: dict[str, Any]) -> tuple[Plan, bool]:
     probes = corpus_files.probe_files(paths, cfg["format"])
     units = corpus_files.make_units(paths, probes, cfg["unit_bytes"], cfg["format"])
     final.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(json.dumps({
-        "version": PLAN_VERSION,
-        "config": cfg,
-        "files": [[p, size, mtime] for p, (size, mtime, _) in zip(paths, probes)],
-        "tokenizer": tok.spec,
-        "tokenizer_sha256": hashlib.sha256(corpus_tokenizers.serialized(tok)).hexdigest(),
-    }, sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "version": PLAN_VERSION,
+                "config": cfg,
+                "files": [[p, size, mtime] for p, (size, mtime, _) in zip(paths, probes)],
+                "tokenizer": tok.spec,
+                "tokenizer_sha256": hashlib.sha256(corpus_tokenizers.serialized(tok)).hexdigest(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     staging = _staging_dir(final)
     plan_file = staging / "plan.json"
     if plan_file.is_file():
@@ -338,11 +355,24 @@ def _plan(name: str, final: Path, cfg: dict[str, Any]) -> tuple[Plan, bool]:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "shards").mkdir(parents=True)
     spec = corpus_tokenizers.save_tokenizer(tok, staging)
-    plan = Plan(staging=str(staging), units=[u.to_json() for u in units], text_field=cfg["text_field"],
-                on_error=cfg["on_error"], validation_fraction=cfg["validation_fraction"],
-                validation_files=val_files, tokenizer_spec=spec, dtype=token_dtype(tok.vocab_size))
-    atomic_write_json(plan_file, {"fingerprint": fingerprint, "plan": dataclasses.asdict(plan),
-                                  "sources": {"files": len(paths), "bytes": sum(p[0] for p in probes)}})
+    plan = Plan(
+        staging=str(staging),
+        units=[u.to_json() for u in units],
+        text_field=cfg["text_field"],
+        on_error=cfg["on_error"],
+        validation_fraction=cfg["validation_fraction"],
+        validation_files=val_files,
+        tokenizer_spec=spec,
+        dtype=token_dtype(tok.vocab_size),
+    )
+    atomic_write_json(
+        plan_file,
+        {
+            "fingerprint": fingerprint,
+            "plan": dataclasses.asdict(plan),
+            "sources": {"files": len(paths), "bytes": sum(p[0] for p in probes)},
+        },
+    )
     return plan, False
 
 
@@ -375,8 +405,10 @@ def _finish(name: str, plan: Plan, cfg: dict[str, Any]) -> dict[str, Any]:
         why = f" ({sum(skipped.values())} bad records skipped, {empty} empty)" if skipped or empty else ""
         raise UserError(f"empty corpus: files={cfg['files']} hold no documents{why}")
     if not n_train or not n_val:
-        raise UserError(f"a split is empty ({n_train} train, {n_val} validation documents): "
-                        "add documents or change validation_fraction / validation_files")
+        raise UserError(
+            f"a split is empty ({n_train} train, {n_val} validation documents): "
+            "add documents or change validation_fraction / validation_files"
+        )
     spec = plan.tokenizer_spec
     multiple = cfg["vocab_multiple"]
     plan_info = read_json(staging / "plan.json")
@@ -408,8 +440,9 @@ def _finish(name: str, plan: Plan, cfg: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None, config: Mapping[str, Any] | None,
-            workers: int | None = None) -> None:
+def prepare(
+    name: str, data_dir: str | os.PathLike | None, config: Mapping[str, Any] | None, workers: int | None = None
+) -> None:
     """Build ``files/NAME`` under the data dir (see the module doc); ``workers`` processes
     (default: the CPU count, at most one per pending unit)."""
     from scalinglab.data import datadir

@@ -11,8 +11,15 @@ from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.options import Part, Schema, option
-from scalinglab.train.plan import (LADDER_PRESETS, LadderSpec, format_seconds, plan_ladder, plan_lr_search,
-                                   plan_table, run_epochs)
+from scalinglab.train.plan import (
+    LADDER_PRESETS,
+    LadderSpec,
+    format_seconds,
+    plan_ladder,
+    plan_lr_search,
+    plan_table,
+    run_epochs,
+)
 from scalinglab.train.wandb_log import require_wandb
 
 

@@ -19,8 +19,10 @@ import pytest
 
 from scalinglab.cli import main
 
-WORDS = ("the of and to in is was for on that with by as at from his her it an be this which or had are "
-         "were café naïve € — 1999 2024 x+y=z (a) [b] {c} quick brown fox jumps over lazy dog").split()
+WORDS = (
+    "the of and to in is was for on that with by as at from his her it an be this which or had are "
+    "were café naïve € — 1999 2024 x+y=z (a) [b] {c} quick brown fox jumps over lazy dog"
+).split()
 
 
 def make_docs(n, seed, prefix="doc"):
@@ -83,25 +85,42 @@ def tokenizer_files(tmp_path_factory):
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(DOCS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    hf.train_from_iterator(
+        DOCS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     hf.save(str(root / "hf.json"))
 
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(line for d in DOCS for line in d.split("\n")), model_writer=model,
-        vocab_size=400, model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+        sentence_iterator=iter(line for d in DOCS for line in d.split("\n")),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     (root / "sp.model").write_bytes(model.getvalue())
 
     from tiktoken._educational import bpe_train
 
     ranks = bpe_train("\n".join(DOCS[:60]), 300, TIKTOKEN_PATTERN, visualise=None)
-    (root / "mini.tiktoken").write_bytes(b"".join(
-        __import__("base64").b64encode(t) + f" {r}\n".encode() for t, r in sorted(ranks.items(), key=lambda x: x[1])))
+    (root / "mini.tiktoken").write_bytes(
+        b"".join(
+            __import__("base64").b64encode(t) + f" {r}\n".encode() for t, r in sorted(ranks.items(), key=lambda x: x[1])
+        )
+    )
     return root
 
 
@@ -116,8 +135,12 @@ def reference(kind, root):
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(root / "hf.json"))
-        return ({"tokenizer": str(root / "hf.json")}, lambda t: tok.encode(t, add_special_tokens=False).ids,
-                tok.token_to_id("<|endoftext|>"), tok.get_vocab_size())
+        return (
+            {"tokenizer": str(root / "hf.json")},
+            lambda t: tok.encode(t, add_special_tokens=False).ids,
+            tok.token_to_id("<|endoftext|>"),
+            tok.get_vocab_size(),
+        )
     if kind == "sentencepiece":
         import sentencepiece as spm
 
@@ -127,8 +150,9 @@ def reference(kind, root):
     from tiktoken.load import load_tiktoken_bpe
 
     ranks = load_tiktoken_bpe(str(root / "mini.tiktoken"))
-    enc = tiktoken.Encoding("ref", pat_str=TIKTOKEN_PATTERN, mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": len(ranks)})
+    enc = tiktoken.Encoding(
+        "ref", pat_str=TIKTOKEN_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
     cfg = {"tokenizer": str(root / "mini.tiktoken"), "tiktoken_pattern": TIKTOKEN_PATTERN}
     return cfg, enc.encode_ordinary, len(ranks), len(ranks) + 1
 
@@ -148,8 +172,12 @@ def test_exact_counts_every_format(kind, corpus, tokenizer_files, tmp_path):
     from scalinglab.data import pipeline
 
     cfg, encode, sep, vocab = reference(kind, tokenizer_files)
-    cfg = {**cfg, "files": f"{corpus}/*.jsonl*,{corpus}/d.parquet,{corpus}/e/*.txt,{corpus}/f/*.md",
-           "validation_fraction": 0.25, "unit_bytes": 1500}  # several units per jsonl, parquet groups
+    cfg = {
+        **cfg,
+        "files": f"{corpus}/*.jsonl*,{corpus}/d.parquet,{corpus}/e/*.txt,{corpus}/f/*.md",
+        "validation_fraction": 0.25,
+        "unit_bytes": 1500,
+    }  # several units per jsonl, parquet groups
     ds = pipeline.prepare_dataset(f"files/{kind}", tmp_path, cfg, workers=1)
     s = ds.stats()
     assert (s["tokenizer"], s["vocab_size"], s["separator_id"]) == (kind, vocab, sep)
@@ -171,7 +199,8 @@ def test_exact_counts_every_format(kind, corpus, tokenizer_files, tmp_path):
     it.close()
     cuts = np.flatnonzero(window == sep)
     assert len(cuts) >= 3
-    whole = [window[a + 1:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    whole = [window[a + 1 : b] for a, b in zip(cuts[:-1], cuts[1:])]
+
     def text(ids):
         out = ds.tokenizer.decode(ids)
         return out.decode() if isinstance(out, bytes) else out
@@ -179,7 +208,7 @@ def test_exact_counts_every_format(kind, corpus, tokenizer_files, tmp_path):
     for ids in whole:
         assert text(ids) in DOCS
     if kind != "bytes":
-        assert any(text(window[cuts[-1] + 1:]) in d for d in DOCS)  # the cut tail is a piece of one document
+        assert any(text(window[cuts[-1] + 1 :]) in d for d in DOCS)  # the cut tail is a piece of one document
 
 
 def test_split_by_document(tmp_path):
@@ -187,8 +216,9 @@ def test_split_by_document(tmp_path):
 
     one = make_docs(2000, seed=7)
     write_jsonl(tmp_path / "one.jsonl", one)
-    ds = pipeline.prepare_dataset("files/one", tmp_path / "d", {"files": str(tmp_path / "one.jsonl"),
-                                                                "validation_fraction": 0.1})
+    ds = pipeline.prepare_dataset(
+        "files/one", tmp_path / "d", {"files": str(tmp_path / "one.jsonl"), "validation_fraction": 0.1}
+    )
     frac = ds.n_documents("validation") / 2000
     assert abs(frac - 0.1) < 0.02  # binomial sd 0.0067
     assert ds.n_documents("validation") == sum(in_validation(d, 0.1) for d in one)
@@ -196,14 +226,18 @@ def test_split_by_document(tmp_path):
     parts = [make_docs(700, seed=10 + k, prefix=f"f{k}-") for k in range(3)]
     for k, docs in enumerate(parts):
         write_jsonl(tmp_path / f"p{k}.jsonl", docs)
-    ds = pipeline.prepare_dataset("files/three", tmp_path / "d", {"files": str(tmp_path / "p*.jsonl"),
-                                                                  "validation_fraction": 0.2}, workers=1)
+    ds = pipeline.prepare_dataset(
+        "files/three", tmp_path / "d", {"files": str(tmp_path / "p*.jsonl"), "validation_fraction": 0.2}, workers=1
+    )
     per_file = collections.Counter(ds.tokenizer.decode(r).decode().split("-")[0] for r in records(ds, "validation"))
     assert abs(sum(per_file.values()) / 2100 - 0.2) < 0.03  # binomial sd 0.0087
     assert all(90 < per_file[f"f{k}"] < 190 for k in range(3))  # every file is split, not assigned whole
 
-    ds = pipeline.prepare_dataset("files/byfile", tmp_path / "d", {
-        "files": str(tmp_path / "p*.jsonl"), "validation_files": str(tmp_path / "p2.jsonl")})
+    ds = pipeline.prepare_dataset(
+        "files/byfile",
+        tmp_path / "d",
+        {"files": str(tmp_path / "p*.jsonl"), "validation_files": str(tmp_path / "p2.jsonl")},
+    )
     assert ds.n_documents("validation") == 700 and ds.n_documents("train") == 1400
     assert {ds.tokenizer.decode(r).decode().split("-")[0] for r in records(ds, "validation")} == {"f2"}
 
@@ -215,8 +249,18 @@ def _shard_bytes(directory):
 def test_sigkill_mid_prepare_then_rerun_is_identical(tmp_path, tokenizer_files):
     for k in range(6):
         write_jsonl(tmp_path / f"s{k}.jsonl", make_docs(600, seed=100 + k))
-    args = ["data", "prepare", "--dataset", "files/big", "--config", f"files={tmp_path}/s*.jsonl",
-            "--config", f"tokenizer={tokenizer_files / 'hf.json'}", "--config", "unit_bytes=8000"]
+    args = [
+        "data",
+        "prepare",
+        "--dataset",
+        "files/big",
+        "--config",
+        f"files={tmp_path}/s*.jsonl",
+        "--config",
+        f"tokenizer={tokenizer_files / 'hf.json'}",
+        "--config",
+        "unit_bytes=8000",
+    ]
     assert main([*args, "--data-dir", str(tmp_path / "ref"), "--workers", "1"]) == 0
     ref = tmp_path / "ref" / "files" / "big"
 
@@ -240,8 +284,11 @@ def test_sigkill_mid_prepare_then_rerun_is_identical(tmp_path, tokenizer_files):
     n_units = len(json.loads((staging / "plan.json").read_text())["plan"]["units"])
     done = sorted((staging / "shards").glob("*.json"))
     assert 3 <= len(done) < n_units
-    kept = {p.name: p.stat().st_ino for p in (staging / "shards").glob("*.array_record")
-            if p.with_name(p.name.split(".")[0] + ".json") in done}
+    kept = {
+        p.name: p.stat().st_ino
+        for p in (staging / "shards").glob("*.array_record")
+        if p.with_name(p.name.split(".")[0] + ".json") in done
+    }
 
     assert main([*args, "--data-dir", str(data), "--workers", "2"]) == 0
     out = data / "files" / "big"
@@ -303,11 +350,15 @@ def test_bad_input_exits_2_and_leaves_nothing(case, tmp_path, tokenizer_files, c
 def test_on_error_skip_counts_bad_records(tmp_path):
     from scalinglab.data import pipeline
 
-    lines = ['{"text": "a b c"}', "{broken", '{"body": 1}', '{"text": ""}'] + [json.dumps({"text": d})
-                                                                             for d in make_docs(60, seed=4)]
+    lines = ['{"text": "a b c"}', "{broken", '{"body": 1}', '{"text": ""}'] + [
+        json.dumps({"text": d}) for d in make_docs(60, seed=4)
+    ]
     (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
-    ds = pipeline.prepare_dataset("files/skip", tmp_path / "d", {"files": str(tmp_path / "x.jsonl"),
-                                                                "on_error": "skip", "validation_fraction": 0.2})
+    ds = pipeline.prepare_dataset(
+        "files/skip",
+        tmp_path / "d",
+        {"files": str(tmp_path / "x.jsonl"), "on_error": "skip", "validation_fraction": 0.2},
+    )
     s = ds.stats()
     assert s["skipped_records"] == {"malformed": 1, "missing_field": 1} and s["empty_documents"] == 1
     assert s["splits"]["train"]["documents"] + s["splits"]["validation"]["documents"] == 61
@@ -329,8 +380,18 @@ def test_format_forced_for_c4_style_json_gz(tmp_path):
 
 def test_stats_cli_reports_tokenizer_and_train_picks_up_vocab(tmp_path, corpus, tokenizer_files, capsys):
     data = str(tmp_path / "data")
-    base = ["data", "prepare", "--data-dir", data, "--config", f"files={corpus}/*.jsonl*",
-            "--config", f"tokenizer={tokenizer_files / 'sp.model'}", "--config", "validation_fraction=0.3"]
+    base = [
+        "data",
+        "prepare",
+        "--data-dir",
+        data,
+        "--config",
+        f"files={corpus}/*.jsonl*",
+        "--config",
+        f"tokenizer={tokenizer_files / 'sp.model'}",
+        "--config",
+        "validation_fraction=0.3",
+    ]
     assert main([*base, "--dataset", "files/sp"]) == 0
     assert main([*base, "--dataset", "files/sp128", "--config", "vocab_multiple=128"]) == 0
     capsys.readouterr()
@@ -343,13 +404,38 @@ def test_stats_cli_reports_tokenizer_and_train_picks_up_vocab(tmp_path, corpus, 
     assert "vocab_size 512  separator_id 2" in out and "400 ids" in out
 
     run = tmp_path / "run"
-    assert main(["train", "--preset", "gpt2-tiny", "--set", "n_layer=1", "--dataset", "files/sp128",
-                 "--data-dir", data, "--seq-len", "16", "--batch-size", "8", "--steps", "2", "--eval-batches", "1",
-                 "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "gpt2-tiny",
+                "--set",
+                "n_layer=1",
+                "--dataset",
+                "files/sp128",
+                "--data-dir",
+                data,
+                "--seq-len",
+                "16",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--eval-batches",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["vocab_size"] == 512 and cfg["data"]["vocab_size"] == 512
-    train_tokens = json.loads((tmp_path / "data" / "files" / "sp128" / "prepared.json").read_text())["splits"][
-        "train"]["tokens"]
+    train_tokens = json.loads((tmp_path / "data" / "files" / "sp128" / "prepared.json").read_text())["splits"]["train"][
+        "tokens"
+    ]
     assert cfg["data"]["train_tokens"] == train_tokens
     epochs = 2 * 8 / (train_tokens // 17)  # 2 steps of 8 windows of 17 stream tokens
     assert cfg["data"]["epochs"] == pytest.approx(epochs)

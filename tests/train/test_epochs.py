@@ -34,8 +34,9 @@ def _ladder(tiny, *extra):
 
 
 def test_dry_run_lists_epochs_per_run(tiny, capsys):
-    args = _ladder(tiny, "--plan", "sizes", "--sizes", "2e3", "--tokens", "1.1e5,4.4e5", "--seq-len", "64",
-                   "--batch-size", "16")
+    args = _ladder(
+        tiny, *"--plan sizes --sizes 2e3 --tokens 1.1e5,4.4e5 --lr-protocol fixed --seq-len 64 --batch-size 16".split()
+    )
     assert main([*args, "--json"]) == 0
     out = capsys.readouterr()
     runs = json.loads(out.out)
@@ -53,8 +54,18 @@ def test_dry_run_lists_epochs_per_run(tiny, capsys):
 def test_ladder_preset_needs_enough_data_or_allow_repeat(tiny, capsys, tmp_path):
     out = tmp_path / "ladder"
     for dry in ([], ["--dry-run"]):
-        argv = ["ladder", "--ladder-preset", "gpu-h100", "--dataset", "synthetic_markov/epochs", "--data-dir", tiny,
-                "--out", str(out), *dry]
+        argv = [
+            "ladder",
+            "--ladder-preset",
+            "gpu-h100",
+            "--dataset",
+            "synthetic_markov/epochs",
+            "--data-dir",
+            tiny,
+            "--out",
+            str(out),
+            *dry,
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "--allow-repeat" in err and "epochs of the 3,000" in err
@@ -63,8 +74,22 @@ def test_ladder_preset_needs_enough_data_or_allow_repeat(tiny, capsys, tmp_path)
     runs = json.loads(capsys.readouterr().out)
     assert all(r["epochs"] > 1 and r["config"]["vocab_size"] == 7 for r in runs)
     # without a prepared dataset the plan still prints, epochs unknown
-    assert main(["ladder", "--ladder-preset", "gpu-h100", "--dataset", "files/none", "--data-dir", tiny,
-                 "--dry-run", "--json"]) == 0
+    assert (
+        main(
+            [
+                "ladder",
+                "--ladder-preset",
+                "gpu-h100",
+                "--dataset",
+                "files/none",
+                "--data-dir",
+                tiny,
+                "--dry-run",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert all(r["epochs"] is None for r in json.loads(capsys.readouterr().out))
 
 
