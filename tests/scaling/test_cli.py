@@ -134,3 +134,31 @@ def test_no_partial_output_on_error(tmp_path):
     assert main(["fit", _write(tmp_path, "x.csv", "params,tokens\n1,2\n"), "--law", "kaplan-n", "--plot", str(out)]) == 2
     assert not out.exists()
     assert np.array_equal(sorted(os.listdir(tmp_path)), ["x.csv"])
+
+
+def test_conventions_columns_and_options_recorded_in_json(csv60, tmp_path, capsys):
+    # a CSV with its own headers and a total-parameter column 1.25x the non-embedding one
+    t = isoflop_table(6, 10, sigma=0.01, seed=7)
+    p = tmp_path / "mine.csv"
+    p.write_text("N_ne,N_tot,D,C,val\n" + "".join(f"{n:.17g},{1.25 * n:.17g},{d:.17g},{c:.17g},{l:.17g}\n" for n, d, c, l in
+                                                 zip(t["params"], t["tokens"], t["flops"], t["loss"])))
+    cols = "params=N_ne,params_total=N_tot,tokens=D,flops=C,loss=val"
+    assert main(["fit", str(p), "--columns", cols, "--law", "isoflop", "--isoflop-keep", "7", "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["params_convention"] == "total" and auto["selection"]["keep"] == 7
+    assert main(["fit", str(p), "--columns", cols, "--law", "isoflop", "--isoflop-keep", "7", "--params",
+                 "non_embedding", "--json"]) == 0
+    ne = json.loads(capsys.readouterr().out)
+    assert ne["params_convention"] == "non_embedding"
+    assert ne["a"] == pytest.approx(auto["a"], abs=1e-9)  # a constant factor moves N_coef only
+    assert auto["N_coef"] == pytest.approx(1.25 * ne["N_coef"], rel=1e-9)
+    assert main(["fit", str(csv60), "--law", "chinchilla", "--huber-delta", "0.01", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["huber_delta"] == 0.01 and res["flops_model"]["form"] and res["allocation_exponents"]["a"] > 0
+    assert main(["fit", str(csv60), "--law", "envelope", "--envelope", "hull", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["envelope"] == "hull"
+    for argv, msg in ((["--huber-delta", "0"], "--huber-delta must be positive"),
+                      (["--columns", "bogus=x"], "unknown column name"),
+                      (["--sweep", str(tmp_path)], "--sweep needs")):
+        assert main(["fit", str(csv60), "--law", "chinchilla", *argv]) == 2
+        assert msg in capsys.readouterr().err
