@@ -240,7 +240,11 @@ def bcrit_from_sweep(sweep_dir) -> dict:
     """B_crit(L) fitted by ``fit-batch`` on a batch-size sweep directory (sequences)."""
     from scalinglab.scaling.critical_batch import analyze_sweep, load_sweep
 
-    cb = analyze_sweep(load_sweep(sweep_dir), n_bootstrap=0)
+    return bcrit_from_analysis(analyze_sweep(load_sweep(sweep_dir), n_bootstrap=0), sweep_dir)
+
+
+def bcrit_from_analysis(cb: dict, sweep_dir) -> dict:
+    """The B_crit(L) law of a sweep already analysed (``analyze_sweep``'s dict)."""
     if not (np.isfinite(cb.get("B_star", np.nan)) and np.isfinite(cb.get("inv_alpha_B", np.nan))):
         raise UserError(f"{sweep_dir}: the sweep gives no B_crit(L) law (fewer than 2 usable target losses)")
     return {"B_star": float(cb["B_star"]), "inv_alpha_B": float(cb["inv_alpha_B"]), "alpha_B": float(cb["alpha_B"]),

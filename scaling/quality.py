@@ -108,3 +108,13 @@ def shown(result: dict, name: str, fmt) -> str:
     if name in (result.get("not_identified") or {}):
         return NOT_IDENTIFIED
     return fmt(result["params"][name])
+
+
+def interval_shown(result: dict, name: str, fmt) -> str:
+    """A parameter's interval for printing: ``[lo, hi]``, "not identified", or "—" (none)."""
+    if name in (result.get("not_identified") or {}):
+        return NOT_IDENTIFIED
+    lo_hi = (result.get("ci") or {}).get(name)
+    if not lo_hi or any(v is None or not math.isfinite(float(v)) for v in lo_hi):
+        return "—"
+    return f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]"
