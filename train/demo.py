@@ -43,6 +43,7 @@ DEMO_SPEC = LadderSpec(
     lr=3e-3,  # the centre of the lr search grid (0.75e-3 .. 12e-3)
     lr_protocol="search",
     lr_search_sizes=3,
+    lr_search_extend=0,  # the demo keeps its 15 search runs (time); edges are flagged in the log and report
 )
 # The demo's batch-size sweep: a small model on a fixed token budget, every batch size at the default
 # 5-point lr grid (0.25..4 × the √ rule from 2e-3 at B = 16). Batch sizes 2..32 sequences around its
@@ -92,7 +93,8 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
     search = plan_lr_search(spec, runs)
     log(plan_table([*search, *runs]))
     ladder_dir = out / "ladder"
-    run_ladder(runs, ladder_dir, search_runs=search, dataset=dataset, data_dir=data_dir, **DEMO_TRAIN)
+    run_ladder(runs, ladder_dir, search_runs=search, extend_search=spec.lr_search_extend, dataset=dataset,
+               data_dir=data_dir, **DEMO_TRAIN)
     log(f"[demo] ladder done after {format_seconds(time.perf_counter() - t0)}; batch-size sweep next")
 
     sweep = DEMO_SWEEP

@@ -25,6 +25,7 @@ from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 from scalinglab.train.plan import SEARCH_DIR, PlannedRun, format_seconds
+from scalinglab.train.sweep import edge_extension
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
 _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "n_ctx", "vocab_size", "tie_embeddings")
@@ -152,6 +153,7 @@ def run_ladder(
     out_dir: str | Path,
     *,
     search_runs: Sequence[PlannedRun] = (),
+    extend_search: int = 0,
     train_fn: Callable[[TrainConfig], dict] | None = None,
     log: Callable[[str], None] = lambda s: sys.stderr.write(s + "\n"),
     resolved_config: Mapping[str, Any] | None = None,
@@ -160,9 +162,11 @@ def run_ladder(
     """Train every planned run that is not finished; returns the summaries of the ladder runs.
 
     ``search_runs`` (:func:`scalinglab.train.plan.plan_lr_search`) are trained first and set the lr
-    of runs whose lr is pending. ``train_kwargs`` go to :class:`TrainConfig` (dataset, data_dir,
-    seed, dtype, eval_every...). ``resolved_config``: the command's settings, written as
-    ``config.yaml`` beside ``plan.json``.
+    of runs whose lr is pending; ``extend_search`` = k: a searched size whose best final loss is at
+    the smallest or largest lr tried gets one more run 2× beyond that edge, up to k times per size
+    (listed in ``plan.json``'s ``lr_search`` like the grid). ``train_kwargs`` go to
+    :class:`TrainConfig` (dataset, data_dir, seed, dtype, eval_every...). ``resolved_config``: the
+    command's settings, written as ``config.yaml`` beside ``plan.json``.
     """
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn
@@ -181,12 +185,13 @@ def run_ladder(
             plan["lr_law"] = search["law"]
         atomic_write_json(out_dir / "plan.json", plan)
 
+    search_runs = list(search_runs)
     write_plan(runs)
     progress = OverallProgress([*search_runs, *runs])
     everything = [*search_runs, *runs]
-    n = len(everything)
 
     def train_one(i: int, run: PlannedRun) -> dict:
+        n = len(search_runs) + len(runs)
         run_dir = out_dir / run.name
         if is_finished(run_dir):
             log(f"[ladder {i + 1}/{n}] {run.name}: finished, skipped")
@@ -208,6 +213,25 @@ def run_ladder(
     if search_runs and not (out_dir / SEARCH_DIR / "lr_search.json").exists():  # marks the folder at once
         atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", "status": "running"})
     search_summaries = [train_one(i, r) for i, r in enumerate(search_runs)]
+    for _ in range(extend_search if search_runs else 0):
+        added = []
+        for size in sorted({r.non_embedding for r in search_runs}):
+            mine = [(r, s) for r, s in zip(search_runs, search_summaries) if r.non_embedding == size]
+            lr_next = edge_extension({float(r.lr): _final_loss(summ) for r, summ in mine})
+            if lr_next is not None:
+                base = mine[0][0]
+                added.append(dataclasses.replace(
+                    base, name=f"{base.name.rsplit('-lr', 1)[0]}-lr{lr_next:.3g}".replace("+", ""), lr=lr_next,
+                    hparams=tuple((k, v) for k, v in base.hparams if k != "lr")
+                    + (("lr", "search grid extended 2x beyond its edge"),)))
+        if not added:
+            break
+        for r in added:
+            log(f"[ladder] lr search: N={r.non_embedding:,} best at the edge of its grid, adding lr={r.lr:.3g}")
+            search_runs.append(r)
+            everything = [*search_runs, *runs]
+            write_plan(runs)
+            search_summaries.append(train_one(len(search_runs) - 1, r))
     if search_runs:
         runs, record = resolve_lrs(runs, search_runs, search_summaries)
         atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", **record})

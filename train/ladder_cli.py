@@ -123,7 +123,7 @@ def _ladder(args: argparse.Namespace) -> int:
     print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
-    summaries = run_ladder(runs, opts.out, search_runs=search, resolved_config=SCHEMA.dump(opts, spec, shared),
+    summaries = run_ladder(runs, opts.out, search_runs=search, extend_search=spec.lr_search_extend, resolved_config=SCHEMA.dump(opts, spec, shared),
                            **SCHEMA.fields_of(TrainConfig, values))
     if args.json:
         emit_json(summaries)

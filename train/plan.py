@@ -61,6 +61,8 @@ class LadderSpec:
                               "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run",
                               choices=lrp.PROTOCOLS)
     lr_grid: tuple[float, ...] = option(lrp.DEFAULT_LR_GRID, "lr factors x --lr tried per searched size")
+    lr_search_extend: int = option(2, "a searched size whose best lr is at an edge of the grid gets one more lr 2x "
+                                   "beyond it, up to this many times (0: never)")
     lr_search_sizes: int = option(3, "sizes of the smallest budget the lr search trains, spread evenly in log N "
                                   "(0 = all)")
     min_size: float = option(1.0, "smallest target non-embedding N (tiny configs collapse below ~1e3)")

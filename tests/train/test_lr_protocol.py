@@ -142,3 +142,24 @@ def test_report_loader_skips_the_search_runs(tmp_path):
     atomic_write_json(tmp_path / "lr_search" / "lr_search.json", {"kind": "lr-search"})
     assert len(load_source(tmp_path, exclude_sweeps=True).names) == 1  # what the report fits
     assert len(load_source(tmp_path).names) == 2  # without the flag (fit on a folder) both are runs
+
+
+def test_search_grid_is_extended_beyond_an_edge_optimum(tmp_path):
+    """Grid centred 8x too low (0.09e-3 .. 1.5e-3): every searched size's optimum (0.2·N^-0.4 = 1.9e-3 to
+    5.7e-3) lies above its top; with extend_search the search adds lrs 2x beyond the edge until the optimum
+    is interior, and the law is recovered exactly again. Without it the edges stay flagged."""
+    spec = LadderSpec(**{**SPEC.__dict__, "lr": 3e-3 / 8})
+    runs = plan_ladder(spec)
+    search = plan_lr_search(spec, runs)
+    fake = FakeTrain()
+    run_ladder(runs, tmp_path, search_runs=search, extend_search=4, train_fn=fake, log=lambda s: None)
+    record = read_json(tmp_path / "lr_search" / "lr_search.json")
+    assert not any(s["at_edge"] for s in record["sizes"])
+    assert record["law"]["k"] == pytest.approx(K_TRUE, rel=1e-6)
+    plan = read_json(tmp_path / "plan.json")
+    extended = [r for r in plan["lr_search"] if r["hparams"]["lr"].startswith("search grid extended")]
+    assert extended and len(plan["lr_search"]) == 15 + len(extended)
+    assert all(r["lr"] > 12e-3 / 8 for r in extended)  # all beyond the top of the original grid
+    without = FakeTrain()
+    run_ladder(runs, tmp_path / "no", search_runs=search, train_fn=without, log=lambda s: None)
+    assert any(s["at_edge"] for s in read_json(tmp_path / "no" / "lr_search" / "lr_search.json")["sizes"])
