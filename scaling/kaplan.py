@@ -107,8 +107,11 @@ def joint_starts() -> np.ndarray:
 
 
 def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFAULT_LEVEL,
-              seed: int = 0, starts: np.ndarray | None = None) -> dict:
-    """Fit ``kaplan-nd`` (x = N, y = D) or ``kaplan-ns`` (x = N, y = S_min) to all points."""
+              seed: int = 0, starts: np.ndarray | None = None, groups: np.ndarray | None = None) -> dict:
+    """Fit ``kaplan-nd`` (x = N, y = D) or ``kaplan-ns`` (x = N, y = S_min) to all points.
+
+    ``groups`` (int[N], e.g. the run of each curve point): the bootstrap resamples groups, not
+    points, so points of one training curve come and go together."""
     loss_fn, _, names, formula = JOINT[law]
     x, y, l = check_positive("x", x), check_positive("y", y), check_positive("loss", loss)
     if x.size < len(names):
@@ -135,7 +138,11 @@ def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFA
         "residuals": residual_stats(resid), "n_points": int(x.size), "n_starts": int(len(starts)),
     })
     if n_bootstrap > 0:
-        counts = resample_counts(x.size, n_bootstrap, seed=seed)
+        if groups is None:
+            counts = resample_counts(x.size, n_bootstrap, seed=seed)
+        else:
+            _, g = np.unique(np.asarray(groups), return_inverse=True)
+            counts = resample_counts(int(g.max()) + 1, n_bootstrap, seed=seed)[:, g]
         s0 = fine.params_MP[np.argsort(np.where(np.isfinite(fine.value_M), fine.value_M, np.inf))[:2]]
         res = multistart.minimize_batch(loss_fn, np.tile(s0, (n_bootstrap, 1)), np.repeat(counts, len(s0), 0), data,
                                         max_iter=MAX_ITER, gtol=1e-10, ftol=0.0)
@@ -274,10 +281,11 @@ def fit_kaplan_ns_table(table: RunTable, bcrit: dict, *, min_step_fraction: floa
                         **kw) -> dict:
     """``L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S`` on every curve point of every run,
     ``S_min = S/(1 + B_crit(L)/B)`` with B_crit(L) from ``bcrit`` (:func:`bcrit_from_sweep` or
-    :func:`bcrit_from_b_simple`)."""
-    _, n, s, loss, _, b = _curve_points(table, min_step_fraction)
+    :func:`bcrit_from_b_simple`); the bootstrap resamples runs."""
+    run, n, s, loss, _, b = _curve_points(table, min_step_fraction)
     s_min = s_min_from_steps(s, b, bcrit_at(bcrit, loss))
-    res = fit_kaplan_ns(n, s_min, loss, **kw)
+    res = fit_kaplan_ns(n, s_min, loss, groups=run, **kw)
+    res["bootstrap_unit"] = "runs"
     res["bcrit"] = {k: v for k, v in bcrit.items() if k in ("B_star", "inv_alpha_B", "alpha_B", "source")}
     res["min_step_fraction"] = min_step_fraction
     return res

@@ -134,9 +134,12 @@ def test_kaplan_ns_and_cmin_through_fit_law(tmp_path):
     bcrit = {"B_star": 2000.0, "inv_alpha_B": 1 / 0.21}
     _kaplan_ns_runs(tmp_path, law, bcrit, gns=True)
     table = load_source(tmp_path)
-    res = fit_law(table, "kaplan-ns", bcrit=bcrit)
+    res = fit_law(table, "kaplan-ns", bcrit=bcrit, n_bootstrap=16)
     for k, v in law.items():
         assert res[k] == pytest.approx(v, rel=1e-4), k
+        lo, hi = res["ci"][k]  # exact data: every resample of runs refits the same law
+        assert lo == pytest.approx(v, rel=1e-3) and hi == pytest.approx(v, rel=1e-3), k
+    assert res["bootstrap_unit"] == "runs"
     assert res["residuals"]["max_abs"] < 1e-6
     # with raw steps (no S_min correction, i.e. B_crit = 0) the same data misfit
     wrong = fit_law(table, "kaplan-ns", bcrit={"B_star": 1e-12, "inv_alpha_B": 0.0})
