@@ -51,7 +51,7 @@ def plot_loss_curves(table: RunTable, path) -> None:
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("loss curves (final points as dots)")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="N (non-embedding parameters)")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"N ({table.params_convention.replace('_', '-')} parameters)")
     _finish(fig, path)
 
 
@@ -77,9 +77,9 @@ def plot_frontier(table: RunTable, path, fits: dict | None = None) -> None:
         ax_c.plot(c_grid, kaplan.predict_loss(p, flops=c_grid), "k--", label=f"L(C) = (C_c/C)^{p['alpha_C']:.3f}")
     if "chinchilla" in fits:
         p = fits["chinchilla"]["params"]
-        n_opt, d_opt = chinchilla.compute_optimal(p, c_grid)
+        n_opt, d_opt = chinchilla.compute_optimal(p, c_grid, fits["chinchilla"].get("flops_model"))
         ax_c.plot(c_grid, chinchilla.predict_loss(p, n_opt, d_opt), "r-", label="approach 3, compute-optimal")
-    ax_n.set_xlabel("N (non-embedding parameters)")
+    ax_n.set_xlabel(f"N ({table.params_convention.replace('_', '-')} parameters)")
     ax_c.set_xlabel("training compute C (FLOPs)")
     ax_n.set_title("loss vs model size")
     ax_c.set_title("loss vs compute")
@@ -138,8 +138,9 @@ def plot_contours(table: RunTable, result: dict, path) -> None:
     fig.colorbar(cs, ax=ax, label="fitted loss (nats/token)")
     ax.scatter(table.params, table.tokens, c="w", edgecolors="k", s=14, label="runs")
     c_line = np.geomspace(6 * n_grid.min() * d_grid.min(), 6 * n_grid.max() * d_grid.max(), 100)
-    n_opt, d_opt = chinchilla.compute_optimal(p, c_line)
-    ax.plot(n_opt, d_opt, "r-", lw=2, label=f"compute-optimal: N ∝ C^{p['a']:.3f}, D ∝ C^{p['b']:.3f}")
+    n_opt, d_opt = chinchilla.compute_optimal(p, c_line, result.get("flops_model"))
+    ex = result.get("allocation_exponents") or p  # the exact-C slopes where the runs carry their FLOPs
+    ax.plot(n_opt, d_opt, "r-", lw=2, label=f"compute-optimal: N ∝ C^{ex['a']:.3f}, D ∝ C^{ex['b']:.3f}")
     ax.set_xlim(n_grid.min(), n_grid.max())
     ax.set_ylim(d_grid.min(), d_grid.max())
     ax.set_xscale("log")
