@@ -26,7 +26,7 @@ from scalinglab.models.config import ModelConfig
 from scalinglab.models.transformer import Transformer
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train import step as step_lib
-from scalinglab.train.loop import make_lm_loss
+from scalinglab.train.loss import make_lm_loss
 from scalinglab.train.optimizer import make_optimizer
 
 VOCAB = 257  # the byte-level default corpus

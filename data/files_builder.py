@@ -446,7 +446,7 @@ def prepare(
     """Build ``files/NAME`` under the data dir (see the module doc); ``workers`` processes
     (default: the CPU count, at most one per pending unit)."""
     from scalinglab.data import datadir
-    from scalinglab.data.prepared import _swap_into_place
+    from scalinglab.fileio import swap_into_place
 
     cfg = resolve_config(config)
     if workers is not None and workers < 1:
@@ -462,7 +462,7 @@ def prepare(
         finally:
             progress.close()
         _finish(name, plan, cfg)
-        _swap_into_place(Path(plan.staging), final)
+        swap_into_place(Path(plan.staging), final)
     except UserError:
         shutil.rmtree(plan.staging, ignore_errors=True)  # bad input: nothing half-written stays
         raise

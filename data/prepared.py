@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +31,7 @@ import numpy as np
 
 from scalinglab.data import datadir, markov, tokenizers
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, read_json, temp_dir_beside
+from scalinglab.fileio import atomic_write_json, read_json, swap_into_place, temp_dir_beside
 
 MANIFEST = "prepared.json"
 FORMAT_VERSION = 2  # 2: local_text documents are line-aligned chunks of files
@@ -223,21 +222,11 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
             "splits": splits,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, final)
+        swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_dataset(name, data_dir)
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, old / "x")
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclasses.dataclass

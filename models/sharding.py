@@ -41,9 +41,6 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
 )
 
-_KNOWN = {name for name, _ in LOGICAL_RULES}
-
-
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh over the first data·fsdp·tensor devices.
 

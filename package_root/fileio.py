@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterator
 
 
 def default_mode(base: int = 0o666) -> int:
@@ -25,6 +28,56 @@ def temp_dir_beside(path: str | os.PathLike, tag: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}", dir=path.parent))
     os.chmod(tmp, default_mode(0o777))
     return tmp
+
+
+@contextlib.contextmanager
+def built_in_temp_dir(final: str | os.PathLike, *, tag: str = "", merge: bool = False) -> Iterator[Path]:
+    """Build a whole output directory in a temp dir beside ``final``, then swap it into place.
+
+    ``with built_in_temp_dir(out) as tmp:`` write everything into ``tmp``; when the block ends without
+    an error ``tmp`` replaces ``final`` (an old ``final`` is moved aside first and then deleted; with
+    ``merge`` the entries of ``tmp`` instead replace their namesakes inside an existing ``final``,
+    leaving its other files alone). On an error ``final`` is untouched and ``tmp`` is removed.
+    """
+    final = Path(final)
+    tmp = temp_dir_beside(final, tag)
+    try:
+        yield tmp
+        if merge and final.is_dir():
+            for entry in tmp.iterdir():
+                os.replace(entry, final / entry.name)
+        else:
+            swap_into_place(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_into_place(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the finished directory ``tmp`` (from :func:`temp_dir_beside`) to ``final``; an existing
+    ``final`` is first moved aside (a directory cannot be renamed onto a non-empty one), then deleted."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "x")
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def json_safe(obj: Any, *, drop_keys: Collection[str] = ()) -> Any:
+    """``obj`` as strict JSON values: numpy/JAX scalars and arrays become Python numbers and lists,
+    non-finite floats ``None`` (strict JSON has no NaN/Infinity), tuples lists, dict keys strings;
+    keys in ``drop_keys`` are left out at every depth."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        obj = obj.tolist()  # numpy/JAX arrays and scalars
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v, drop_keys=drop_keys) for k, v in obj.items() if k not in drop_keys}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, drop_keys=drop_keys) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
+from scalinglab.fileio import json_safe
+from scalinglab.scaling import batch_load
 from scalinglab.scaling import critical_batch as cb
 
 
@@ -52,11 +54,11 @@ def register(subparsers: Any) -> None:
                    help="target losses in nats/token (space or comma separated); "
                         "default: evenly spaced in log over losses every run reaches")
     p.add_argument("--n-targets", type=int, default=cb.DEFAULT_N_TARGETS, help="number of default targets")
-    p.add_argument("--source", choices=cb.SOURCES, default="auto",
+    p.add_argument("--source", choices=batch_load.SOURCES, default="auto",
                    help="loss curve: auto (default: eval_loss when every run logged >= "
-                        f"{cb.MIN_EVAL_POINTS} of them, else the smoothed training loss), train, or eval; "
+                        f"{batch_load.MIN_EVAL_POINTS} of them, else the smoothed training loss), train, or eval; "
                         "either is made monotone (isotonic fit) before the crossing is found")
-    p.add_argument("--smooth", type=float, default=cb.DEFAULT_REL_WIDTH,
+    p.add_argument("--smooth", type=float, default=batch_load.DEFAULT_REL_WIDTH,
                    help="half-width of the centred smoothing window as a fraction of the step (0 = none)")
     p.add_argument("--bootstrap", type=int, default=cb.DEFAULT_N_BOOTSTRAP, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -70,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     if args.smooth < 0:
         raise UserError(f"--smooth must be >= 0, got {args.smooth}")
-    curves = cb.load_sweep(args.sweep_dir, source=args.source, rel_width=args.smooth)
+    curves = batch_load.load_sweep(args.sweep_dir, source=args.source, rel_width=args.smooth)
     result = cb.analyze_sweep(
         curves, _targets(args.targets), n_targets=args.n_targets, n_bootstrap=args.bootstrap, seed=args.seed
     )
     used = result["loss_curve"]["source"]
     result["loss_source"] = {"source": used, "requested": args.source,
                              "smooth_rel_width": args.smooth if used == "train" else 0.0}
-    result = cb.json_safe(result)
+    result = json_safe(result)
     for w in result["warnings"]:
         sys.stderr.write(f"warning: {w}\n")
     if args.plot:

@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from scalinglab.fileio import atomic_write_bytes
-from scalinglab.scaling.critical_batch import RunCurve, hyperbola_steps
+from scalinglab.scaling.batch_load import RunCurve
+from scalinglab.scaling.critical_batch import hyperbola_steps
+from scalinglab.scaling.plots import save_figure
 
 
 def _pyplot():
@@ -29,14 +29,15 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Render ``fig`` to PNG bytes and write them atomically; closes the figure."""
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+def _log_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Log-log axes with labels, title, legend and grid (every sweep figure)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def plot_tradeoff(result: dict[str, Any], path: str | Path) -> Path:
@@ -58,13 +59,8 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path) -> Path:
         s_fit = hyperbola_steps(b_curve, t["S_min"], t["E_min"])
         ax.plot(b_curve * s_fit, s_fit, color=color, lw=1.2, label=f"L={t['loss']:.3f}  B_crit={t['B_crit']:.3g}")
         ax.scatter([2 * t["E_min"]], [2 * t["S_min"]], marker="x", color=color, s=40, zorder=4)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("examples E = B·S (sequences)")
-    ax.set_ylabel("steps S")
-    ax.set_title("steps vs examples to reach each target loss (x: B = B_crit, 2·S_min, 2·E_min)")
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
+    _log_axes(ax, "examples E = B·S (sequences)", "steps S",
+              "steps vs examples to reach each target loss (x: B = B_crit, 2·S_min, 2·E_min)")
     return save_figure(fig, path)
 
 
@@ -94,14 +90,8 @@ def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | P
     bs = [t["b_simple"] for t in result["targets"]]
     if any(v is not None for v in bs):
         ax.plot(loss, [np.nan if v is None else v for v in bs], "s", color="C3", label="B_simple median at targets")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax, "loss (nats/token, smoothed)", "batch size (sequences)", "critical batch size vs loss")
     ax.invert_xaxis()  # training proceeds to the right
-    ax.set_xlabel("loss (nats/token, smoothed)")
-    ax.set_ylabel("batch size (sequences)")
-    ax.set_title("critical batch size vs loss")
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
     return save_figure(fig, path)
 
 

@@ -38,8 +38,6 @@ from scalinglab.scaling.powerlaw import bootstrap_fields, check_positive
 from scalinglab.scaling.residuals import residual_stats
 
 HUBER_DELTA = 1e-3
-# internal parameter vector order (log-space amplitudes, exponents)
-VECTOR_ORDER = ("a", "b", "e", "alpha", "beta")
 LAW_PARAMS = ("E", "A", "B", "alpha", "beta")
 DERIVED = ("a", "b", "G")
 FORMULA = "L(N, D) = E + A / N^alpha + B / D^beta"

@@ -10,13 +10,11 @@ import numpy as np
 
 from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
+from scalinglab.fileio import json_safe
 from scalinglab.scaling.bootstrap import DEFAULT_RESAMPLES
 from scalinglab.scaling.load import KNOWN_COLUMNS, PARAMS_CONVENTIONS
 
 HUBER_DELTA = 1e-3  # = chinchilla.HUBER_DELTA (not imported here: that module imports jax)
-
-CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta", "a", "b")
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -138,25 +136,10 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.json:
         for w in out.get("warnings", []):
             sys.stderr.write(f"warning: {w}\n")
-        emit_json(_jsonable(out))
+        emit_json(json_safe(out))
     else:
         sys.stdout.write(format_text(out))
     return 0
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def _fmt(v: float) -> str:

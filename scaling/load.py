@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from scalinglab.errors import UserError
+from scalinglab.rundir import (CONFIG_FILE, LR_SEARCH_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, is_complete, is_run_dir,
+                               read_metrics)
 
 REQUIRED_COLUMNS = ("params", "tokens", "loss")
 OPTIONAL_NUMERIC = ("flops", "params_total", "params_with_head", "step", "batch_size", "seq_len")
@@ -161,14 +163,14 @@ def load_source(path: str | os.PathLike, *, include_incomplete: bool = False,
         return load_csv(p, columns=columns)
     if columns:
         raise UserError(f"{path}: --columns applies to a CSV table, not to run directories")
-    if _is_run_dir(p):
+    if is_run_dir(p):
         return _table_from_runs([p], str(p), include_incomplete)
     run_dirs = []
     for d, subdirs, files in os.walk(p):
-        if exclude_sweeps and ("sweep.json" in files or "lr_search.json" in files):
+        if exclude_sweeps and (SWEEP_FILE in files or LR_SEARCH_FILE in files):
             subdirs[:] = []  # do not descend into the sweep's runs
             continue
-        if "config.json" in files and "metrics.jsonl" in files:
+        if CONFIG_FILE in files and METRICS_FILE in files:
             run_dirs.append(d)
     run_dirs.sort()
     if not run_dirs:
@@ -285,10 +287,6 @@ def require_points(table: RunTable, n_params: int, law: str) -> None:
         raise UserError(f"law {law} has {n_params} parameters but {table.source} has only {len(table)} point(s)")
 
 
-def _is_run_dir(p: Path) -> bool:
-    return (p / "config.json").is_file() and (p / "metrics.jsonl").is_file()
-
-
 def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -298,23 +296,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a JSON object")
     return obj
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Lines of ``metrics.jsonl`` as dicts; a truncated last line (killed run) is skipped."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise UserError(f"{path}:{i + 1}: malformed JSON line") from None
-    return records
 
 
 def _curve(records: list[dict]) -> Curve | None:
@@ -356,10 +337,10 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     """One run directory → dict (name, params, params_total, params_with_head (N + V·d_model), tokens, flops, loss, best_loss,
     complete, steps, batch_size, seq_len, curve). Raises UserError if it has no usable point."""
     d = Path(run_dir)
-    config = _read_json(d / "config.json")
-    summary = _read_json(d / "summary.json") if (d / "summary.json").is_file() else {}
+    config = _read_json(d / CONFIG_FILE)
+    summary = _read_json(d / SUMMARY_FILE) if is_complete(d) else {}
     complete = summary.get("status") == "complete"
-    records = read_metrics(d / "metrics.jsonl")
+    records = read_metrics(d / METRICS_FILE)
     curve = _curve(records)
     acct = config.get("accounting", {}) or {}
     train = config.get("train", {}) or {}
@@ -395,7 +376,7 @@ def load_run(run_dir: str | os.PathLike) -> dict:
 def _table_from_runs(dirs: list[Path], source: str, include_incomplete: bool) -> RunTable:
     runs, warnings = [], []
     for d in dirs:
-        if not (d / "summary.json").is_file() and not include_incomplete:
+        if not is_complete(d) and not include_incomplete:
             warnings.append(f"skipping incomplete run {d} (no summary.json)")
             continue
         try:

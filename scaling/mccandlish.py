@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scalinglab.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_FILE
+
 
 @dataclasses.dataclass(frozen=True)
 class McCandlishModel:
@@ -165,11 +167,11 @@ def write_sweep(
             run = root / sub
             run.mkdir(parents=True, exist_ok=True)
             train = {"batch_size": b, "seq_len": seq_len, "lr": lr, "warmup": 0, "steps": n_steps}
-            (run / "config.json").write_text(json.dumps({"name": sub, "train": train}))
-            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            (run / "summary.json").write_text(json.dumps({"status": "complete", "final_eval_loss": float(clean_T[-1])}))
+            (run / CONFIG_FILE).write_text(json.dumps({"name": sub, "train": train}))
+            (run / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run / SUMMARY_FILE).write_text(json.dumps({"status": "complete", "final_eval_loss": float(clean_T[-1])}))
             grid.setdefault(str(b), {})[sub] = lr
-        best = min(grid[str(b)], key=lambda k: json.loads((root / k / "summary.json").read_text())["final_eval_loss"])
+        best = min(grid[str(b)], key=lambda k: json.loads((root / k / SUMMARY_FILE).read_text())["final_eval_loss"])
         runs[str(b)] = best
     meta = {
         "kind": "batch-sweep",
@@ -180,5 +182,5 @@ def write_sweep(
         "lr": {b: grid[b][sub] for b, sub in runs.items()},
         "settings": {"lr_grid": list(factors) if len(factors) > 1 else None},
     }
-    (root / "sweep.json").write_text(json.dumps(meta))
+    (root / SWEEP_FILE).write_text(json.dumps(meta))
     return root

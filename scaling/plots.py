@@ -7,8 +7,7 @@ goes to a temporary sibling directory first, so an error leaves no partial outpu
 
 from __future__ import annotations
 
-import os
-import shutil
+import io
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from scalinglab.fileio import temp_dir_beside  # noqa: E402
+from scalinglab.fileio import atomic_write_bytes, built_in_temp_dir  # noqa: E402
 from scalinglab.scaling import chinchilla, kaplan  # noqa: E402
 from scalinglab.scaling.isoflop import isoflop_profiles  # noqa: E402
 from scalinglab.scaling.load import RunTable  # noqa: E402
@@ -26,10 +25,18 @@ from scalinglab.scaling.load import RunTable  # noqa: E402
 CMAP = "viridis"
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Render ``fig`` to PNG bytes and write them atomically; closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def _finish(fig, path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _size_colours(table: RunTable):
@@ -178,8 +185,7 @@ def write_plots(table: RunTable, law: str, result: dict, out_dir) -> list[str]:
         from scalinglab.errors import UserError
 
         raise UserError(f"--plot {out_dir}: exists and is not a directory")
-    tmp = temp_dir_beside(out)
-    try:
+    with built_in_temp_dir(out, merge=True) as tmp:
         names = ["loss_curves.png", "frontier.png"]
         plot_loss_curves(table, tmp / "loss_curves.png")
         plot_frontier(table, tmp / "frontier.png", {law: result} if law in ("kaplan-n", "kaplan-c", "chinchilla") else {})
@@ -193,12 +199,4 @@ def write_plots(table: RunTable, law: str, result: dict, out_dir) -> list[str]:
         if law in LOSS_LAWS:
             plot_residuals(table, predict_table(result, table), tmp / "residuals.png", law)
             names.append("residuals.png")
-        if not out.exists():
-            os.replace(tmp, out)
-        else:
-            for name in names:
-                os.replace(tmp / name, out / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return names

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab.fileio import read_json
+from scalinglab.rundir import LR_SEARCH_DIR, LR_SEARCH_FILE, PLAN_FILE, SWEEP_FILE
 
 
 def _read(path: Path) -> Any:
@@ -29,7 +30,7 @@ def describe_protocol(runs_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
     runs_dir = Path(runs_dir)
     lines: list[str] = []
     record: dict[str, Any] = {}
-    plan = _read(runs_dir / "plan.json")
+    plan = _read(runs_dir / PLAN_FILE)
     if isinstance(plan, dict) and isinstance(plan.get("runs"), list):
         sources: dict[str, set[str]] = {}
         for r in plan["runs"]:
@@ -40,7 +41,7 @@ def describe_protocol(runs_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
         if law:
             record["lr_law"] = law
             n_search = len(plan.get("lr_search") or [])
-            search = _read(runs_dir / "lr_search" / "lr_search.json") or {}
+            search = _read(runs_dir / LR_SEARCH_DIR / LR_SEARCH_FILE) or {}
             best = ", ".join(
                 f"N={s['non_embedding']:,}: {s['best_lr']:.3g}{' (grid edge)' if s['at_edge'] else ''}"
                 for s in search.get("sizes", [])
@@ -55,7 +56,7 @@ def describe_protocol(runs_dir: str | Path) -> tuple[list[str], dict[str, Any]]:
         for key, label in (("warmup", "Warmup"), ("beta2", "AdamW β2"), ("batch_size", "Batch size")):
             if key in sources:
                 lines.append(f"{label}: {'; '.join(sorted(sources[key]))}.")
-    for sweep_path in sorted(runs_dir.rglob("sweep.json")):
+    for sweep_path in sorted(runs_dir.rglob(SWEEP_FILE)):
         meta = _read(sweep_path)
         if not isinstance(meta, dict) or meta.get("kind") != "batch-sweep":
             continue

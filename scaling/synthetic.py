@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from scalinglab.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
 
 def write_run(d: str | Path, *, n: float = 1.0e6, total: float = 1.5e6, steps: int = 10,
               tokens_per_step: int = 1000, flops_per_token: float = 6.0e6,
@@ -30,7 +32,7 @@ def write_run(d: str | Path, *, n: float = 1.0e6, total: float = 1.5e6, steps: i
            "train": {"batch_size": batch_size, "seq_len": seq_len, "steps": steps, "tokens": steps * tokens_per_step},
            "data": {}, "accounting": {"non_embedding": n, "total": total, "embedding": total - n,
                                       "train_flops_per_token": flops_per_token}}
-    (d / "config.json").write_text(json.dumps(cfg))
+    (d / CONFIG_FILE).write_text(json.dumps(cfg))
     lines, evals = [], []
     for s in range(1, steps + 1):
         tok = s * tokens_per_step
@@ -41,10 +43,10 @@ def write_run(d: str | Path, *, n: float = 1.0e6, total: float = 1.5e6, steps: i
             rec["eval_loss"] = loss_fn(tok)
             evals.append(rec["eval_loss"])
         lines.append(json.dumps(rec))
-    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (d / METRICS_FILE).write_text("\n".join(lines) + "\n")
     if complete:
         tok = steps * tokens_per_step
-        (d / "summary.json").write_text(json.dumps({
+        (d / SUMMARY_FILE).write_text(json.dumps({
             "status": "complete", "steps": steps, "tokens": tok, "flops": tok * flops_per_token,
             "final_loss": loss_fn(tok) + 0.01, "final_eval_loss": evals[-1], "best_eval_loss": min(evals),
             "non_embedding": n, "total": total, "batch_size": batch_size, "seq_len": seq_len}))

@@ -83,13 +83,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStruct pytree (with shardings) for restoring into the layout of ``tree``."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
-    )
-
-
 def load_params(run_dir: str | Path, step: int | None = None) -> tuple[int, Any]:
     """(step, params as numpy arrays) of a run's checkpoint (default: the newest), for analysis."""
     ck = Checkpointer(Path(run_dir) / "checkpoints", read_only=True)

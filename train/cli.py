@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab.cli import emit_json
+from scalinglab.rundir import CONFIG_FILE
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, parse_mesh, validate
 
 __all__ = ["SCHEMA", "config_from_args", "parse_mesh", "register"]
@@ -19,8 +20,8 @@ SCHEMA = TRAIN_SCHEMA
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← --config file (or, with --resume, the run's saved config.json) ← explicit flags."""
     config = args.config
-    if not config and args.resume and args.out and (Path(args.out) / "config.json").exists():
-        config = str(Path(args.out) / "config.json")
+    if not config and args.resume and args.out and (Path(args.out) / CONFIG_FILE).exists():
+        config = str(Path(args.out) / CONFIG_FILE)
     return validate(SCHEMA.build(TrainConfig, SCHEMA.values(args, config)))
 
 

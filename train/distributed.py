@@ -1,12 +1,13 @@
 """Multi-process start-up: ``jax.distributed.initialize`` from flags or environment.
 
 * Cloud TPU (and other managed clusters JAX recognises): ``initialize()`` with no
-  arguments discovers everything; use ``--distributed auto`` or env ``SCALINGLAB_DISTRIBUTED=1``.
+  arguments discovers everything; use ``--coordinator auto`` or env ``SCALINGLAB_DISTRIBUTED=1``.
 * Elsewhere (several local CPU processes, GPU hosts): coordinator address, process count
   and id from ``--coordinator/--num-processes/--process-id`` or env
   ``SCALINGLAB_COORDINATOR``, ``SCALINGLAB_NUM_PROCESSES``, ``SCALINGLAB_PROCESS_ID``.
 
-Must run before any JAX computation; calling it twice is a no-op.
+Must run before any JAX computation; calling it twice is a no-op. The commands that take these
+flags (today ``scalinglab train``) call :func:`initialize` with them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ B = 64). ``window = 0`` keeps the older bias-corrected EMA (decay per step), upd
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,23 +95,3 @@ def update(state: GNSState, g2, trace, *, n_examples, step, window: int = 0, dec
 def estimate(state: GNSState):
     """(g2, trace, b_simple, step) of the last completed window (or the EMA); NaN before the first."""
     return state.last_g2, state.last_trace, state.last_trace / state.last_g2, state.last_step
-
-
-def per_example_estimate(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any) -> dict[str, jax.Array]:
-    """Exact diagnostic from per-example gradients (vmap of grad), for tests.
-
-    ``loss_fn(params, batch)`` is the mean loss over a batch; ``batch`` is a pytree whose
-    leaves have a leading example axis of size n. With per-example gradients g_i, mean ḡ:
-    tr Σ ≈ Σ_i |g_i − ḡ|² / (n − 1) (unbiased) and |G|² ≈ |ḡ|² − tr Σ / n (unbiased).
-    """
-
-    def one(example):
-        return jax.grad(loss_fn)(params, jax.tree.map(lambda x: x[None], example))
-
-    grads = jax.vmap(one)(batch)
-    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree.leaves(grads)], axis=1)
-    n = flat.shape[0]
-    mean = flat.mean(axis=0)
-    trace = jnp.sum((flat - mean) ** 2) / (n - 1)
-    g2 = jnp.sum(mean**2) - trace / n
-    return {"g2": g2, "trace": trace, "b_simple": trace / g2}

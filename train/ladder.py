@@ -21,6 +21,8 @@ import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN_FILE, SUMMARY_FILE, finite_or,
+                               is_complete)
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
@@ -52,10 +54,6 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
         resume=True,  # continues from the newest checkpoint if any, else starts fresh
         **train_kwargs,
     )
-
-
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").exists()
 
 
 class OverallProgress:
@@ -92,7 +90,7 @@ class OverallProgress:
 def check_plan_compatible(out_dir: Path, runs: Sequence[PlannedRun]) -> None:
     """Refuse to mix a new plan into a ladder dir whose same-named runs have other configs."""
     for run in runs:
-        cfg_path = out_dir / run.name / "config.json"
+        cfg_path = out_dir / run.name / CONFIG_FILE
         if not cfg_path.exists():
             continue
         try:
@@ -110,11 +108,8 @@ def check_plan_compatible(out_dir: Path, runs: Sequence[PlannedRun]) -> None:
 
 def _final_loss(summary: dict) -> float:
     for key in ("final_eval_loss", "final_loss"):
-        try:
-            v = float(summary.get(key))
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
+        v = finite_or(summary.get(key))
+        if not math.isnan(v):
             return v
     return math.inf
 
@@ -136,7 +131,7 @@ def resolve_lrs(runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun],
                       "best_lr": best, "at_edge": edge})
     law = lrp.fit_lr_law([s["non_embedding"] for s in sizes], [s["best_lr"] for s in sizes])
     source = (f"lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}, fitted to the best lr of {len(sizes)} sizes "
-              f"searched at the smallest budget ({SEARCH_DIR}/lr_search.json)")
+              f"searched at the smallest budget ({SEARCH_DIR}/{LR_SEARCH_FILE})")
     resolved = [
         r if r.lr is not None else dataclasses.replace(
             r, lr=lrp.lr_from_law(law, r.non_embedding),
@@ -183,7 +178,7 @@ def run_ladder(
                 "train": train_kwargs}
         if search is not None:
             plan["lr_law"] = search["law"]
-        atomic_write_json(out_dir / "plan.json", plan)
+        atomic_write_json(out_dir / PLAN_FILE, plan)
 
     search_runs = list(search_runs)
     write_plan(runs)
@@ -193,12 +188,12 @@ def run_ladder(
     def train_one(i: int, run: PlannedRun) -> dict:
         n = len(search_runs) + len(runs)
         run_dir = out_dir / run.name
-        if is_finished(run_dir):
+        if is_complete(run_dir):
             log(f"[ladder {i + 1}/{n}] {run.name}: finished, skipped")
-            return read_json(run_dir / "summary.json")
+            return read_json(run_dir / SUMMARY_FILE)
         left = progress.remaining(everything[i:])
         eta = f", ~{format_seconds(left)} left overall" if left is not None else ""
-        state = "resuming" if (run_dir / "checkpoints").exists() else "training"
+        state = "resuming" if (run_dir / CHECKPOINT_DIR).exists() else "training"
         log(
             f"[ladder {i + 1}/{n}] {state} {run.name}: N={run.non_embedding:,} D={run.tokens:.3g} tokens "
             f"({run.steps} steps) C={run.flops:.3g} FLOPs lr={run.lr:.3g}{eta}"
@@ -210,8 +205,8 @@ def run_ladder(
         progress.record(run, time.perf_counter() - t0)
         return summary
 
-    if search_runs and not (out_dir / SEARCH_DIR / "lr_search.json").exists():  # marks the folder at once
-        atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", "status": "running"})
+    if search_runs and not (out_dir / SEARCH_DIR / LR_SEARCH_FILE).exists():  # marks the folder at once
+        atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", "status": "running"})
     search_summaries = [train_one(i, r) for i, r in enumerate(search_runs)]
     for _ in range(extend_search if search_runs else 0):
         added = []
@@ -234,7 +229,7 @@ def run_ladder(
             search_summaries.append(train_one(len(search_runs) - 1, r))
     if search_runs:
         runs, record = resolve_lrs(runs, search_runs, search_summaries)
-        atomic_write_json(out_dir / SEARCH_DIR / "lr_search.json", {"kind": "lr-search", **record})
+        atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", **record})
         for w in record["warnings"]:
             log(f"[ladder] warning: {w}")
         law = record["law"]
@@ -243,15 +238,3 @@ def run_ladder(
     everything = [*search_runs, *runs]
     return [train_one(len(search_runs) + i, r) for i, r in enumerate(runs)]
 
-
-def plan_from_dir(out_dir: str | Path) -> list[dict]:
-    """The planned runs recorded in ``out_dir/plan.json`` (as dicts)."""
-    path = Path(out_dir) / "plan.json"
-    if not path.exists():
-        raise UserError(f"no ladder plan at {path}")
-    return read_json(path)["runs"]
-
-
-def replace_steps(run: PlannedRun, steps: int) -> PlannedRun:
-    """A copy of ``run`` trained for ``steps`` steps (tests and smoke runs)."""
-    return dataclasses.replace(run, steps=steps, warmup=min(run.warmup, max(1, steps // 10)))

@@ -7,9 +7,10 @@ besides caches of pure measurements.
 
 Per step: the data pipeline yields this process's ``int32[batch/processes, seq+1]`` rows,
 assembled into one global array sharded over (data, fsdp) with
-``jax.make_array_from_process_local_data``; a single AOT-compiled jitted step with explicit
-in/out shardings and donated state does forward, backward, GNS statistics and the AdamW
-update (skipped when non-finite).
+``jax.make_array_from_process_local_data``; the program's AOT-compiled step (built by
+:mod:`scalinglab.train.program`, with explicit in/out shardings and donated state) does forward,
+backward (the loss of :mod:`scalinglab.train.loss`), GNS statistics and the AdamW update
+(skipped when non-finite).
 """
 
 from __future__ import annotations
@@ -23,32 +24,24 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, atomic_write_text, read_json
-from scalinglab.models import accounting, sharding
+from scalinglab.models import accounting
 from scalinglab.models.config import get_config
-from scalinglab.models.transformer import Transformer
+from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 from scalinglab.train import checkpoint as ckpt_lib
-from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
-from scalinglab.train import step as step_lib
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
-from scalinglab.train.optimizer import optimizer_from_config
-from scalinglab.train.schedules import schedule_from_config, wsd_decay_steps
-
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
+from scalinglab.train.data_feed import ProcessBatches
+from scalinglab.train.program import TrainProgram, build_program
+from scalinglab.train.schedules import wsd_decay_steps
 
 
 class _Preemption:
@@ -80,23 +73,7 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-# ---- model / loss -------------------------------------------------------------------------
-def make_lm_loss(graphdef: nnx.GraphDef, z_loss: float = 0.0):
-    """``loss(params, tokens_BT1) -> (objective, cross_entropy)``: next-token CE in nats/token,
-    objective = CE + z_loss·mean(logsumexp(logits)²) (PaLM's z-loss)."""
-
-    def loss_fn(params, tokens_BT1):
-        logits_BTV = nnx.merge(graphdef, params)(tokens_BT1[:, :-1])
-        targets_BT = tokens_BT1[:, 1:]
-        lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-        target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-        ce = jnp.mean(lse_BT - target_logit_BT)
-        objective = ce + z_loss * jnp.mean(lse_BT**2) if z_loss else ce
-        return objective, ce
-
-    return loss_fn
-
-
+# ---- model and run config -------------------------------------------------------------
 def _resolve_model(cfg: TrainConfig, ds) -> Any:
     overrides = dict(cfg.overrides or {})
     overrides.setdefault("vocab_size", ds.vocab_size)
@@ -221,137 +198,91 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.out)
     if (run_dir / SUMMARY_FILE).exists() and cfg.resume:
         return read_json(run_dir / SUMMARY_FILE)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_dir / CHECKPOINT_DIR
     if not cfg.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume or choose a new --out")
 
     ds = pipeline.load_dataset(cfg.dataset, cfg.data_dir)
     model_cfg = _resolve_model(cfg, ds)
-    total_steps = cfg.total_steps()
-    is_main = jax.process_index() == 0
-    if is_main and _epochs(cfg, ds) > 1:
-        sys.stderr.write(f"note: this run reads the train split of {cfg.dataset} {_epochs(cfg, ds):.2f} times "
+    n_proc, pid = jax.process_count(), jax.process_index()
+    epochs = _epochs(cfg, ds)
+    if pid == 0 and epochs > 1:
+        sys.stderr.write(f"note: this run reads the train split of {cfg.dataset} {epochs:.2f} times "
                          f"({ds.n_tokens('train'):,} tokens): the data repeats\n")
-    n_proc = jax.process_count()
-
-    # ---- mesh and shardings
-    mesh_shape = cfg.mesh_shape(jax.device_count(), n_proc)
-    mesh = sharding.make_mesh(**mesh_shape)
-    dp = mesh_shape["data"] * mesh_shape["fsdp"]
-    micro = cfg.batch_size // cfg.grad_accum
-    if cfg.batch_size % (dp * n_proc // math.gcd(dp, n_proc)):
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by data×fsdp={dp} and the process count {n_proc}")
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    if eval_bs % dp or eval_bs % n_proc:
-        raise UserError(f"eval batch size {eval_bs} must be divisible by data×fsdp={dp} and {n_proc} processes")
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-
-    def init_params():
-        model = Transformer(model_cfg, rngs=nnx.Rngs(params=cfg.seed), dtype=dtype)
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-    abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(params=cfg.seed), dtype=dtype))
-    graphdef, abstract_vars = nnx.split(abstract_model, nnx.Param)
-    params_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_vars, mesh))
-    replicated = NamedSharding(mesh, P())
-    batch_sh = sharding.batch_sharding(mesh)
-
-    schedule = schedule_from_config(cfg)
-    optimizer = optimizer_from_config(cfg, schedule)
-    rng_data = np.asarray(jax.random.key_data(jax.random.key(cfg.seed)))
-
-    def init_state():
-        state = step_lib.init_state(init_params(), optimizer)
-        state["rng"] = jnp.asarray(rng_data)
-        return state
-
-    abstract_state = jax.eval_shape(init_state)
-    opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_state["opt_state"], params_sh,
-        transform_non_params=lambda _: replicated,
-    )
-    state_sh = {k: jax.tree.map(lambda _: replicated, v) for k, v in abstract_state.items()}
-    state_sh["params"] = params_sh
-    state_sh["opt_state"] = opt_sh
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh
-    )
-
-    # ---- the step: small batch for GNS = microbatch, data shard, or batch half
-    loss_fn = make_lm_loss(graphdef, cfg.z_loss)
-    gns_on = cfg.gns
-    groups, group_sh = 1, None
-    if cfg.grad_accum == 1 and gns_on:
-        if mesh_shape["data"] >= 2:
-            groups, group_sh = mesh_shape["data"], NamedSharding(mesh, P("data", "fsdp"))
-        elif cfg.batch_size % 2 == 0 and (cfg.batch_size // 2) % dp == 0:
-            groups = 2
-        else:
-            gns_on = False
-    step_fn = step_lib.make_train_step(
-        loss_fn, optimizer, schedule, grad_accum=cfg.grad_accum, gns=gns_on, gns_groups=groups,
-        gns_window=cfg.gns_window, gns_ema=cfg.gns_ema, group_sharding=group_sh, has_aux=True,
-    )
-    abstract_batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=batch_sh)
-    train_step = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch).compile()
-    ce_only = lambda p, b: loss_fn(p, b)[1]  # noqa: E731
-    eval_step = step_lib.make_eval_step(ce_only, params_sh, batch_sh)
-    eval_np = pipeline.make_eval_batches(ds, seq_len=cfg.seq_len, batch_size=eval_bs, n_batches=cfg.eval_batches)
-    rows = eval_bs // n_proc
-    pid = jax.process_index()
+    program = build_program(cfg, model_cfg)
+    eval_np = pipeline.make_eval_batches(ds, seq_len=cfg.seq_len, batch_size=program.eval_batch_size,
+                                         n_batches=cfg.eval_batches)
+    rows = program.eval_batch_size // n_proc
     eval_batches = [
-        jax.make_array_from_process_local_data(batch_sh, np.asarray(b[pid * rows:(pid + 1) * rows]))
+        jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(b[pid * rows:(pid + 1) * rows]))
         for b in eval_np
     ]
 
     def evaluate(params) -> float:
-        return float(np.mean([float(eval_step(params, b)) for b in eval_batches]))
+        return float(np.mean([float(program.eval_step(params, b)) for b in eval_batches]))
 
     # ---- data, checkpoints, state
     it = ProcessBatches(
         ds, seq_len=cfg.seq_len, global_batch_size=cfg.batch_size, seed=cfg.seed,
         shards=cfg.data_shards or n_proc, process_index=pid, process_count=n_proc,
     )
-    if is_main:
+    if pid == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, _config_json(cfg, model_cfg, ds))
+        atomic_write_json(run_dir / CONFIG_FILE, _config_json(cfg, program.model_cfg, ds))
         write_config_file(run_dir / RESOLVED_CONFIG, TRAIN_SCHEMA.dump(cfg))
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints, keep_steps=_wsd_keep_steps(cfg))
-    start_step, state, resumed = 0, None, False
-    extra: dict[str, Any] = {}
     try:
-        if cfg.resume:
-            found = ckpt.restore_latest(abstract_state)
-            if found is not None:
-                start_step, state, extra = found
-                resumed = True
-        elif cfg.branch_from is not None:
-            parent = ckpt_lib.Checkpointer(Path(cfg.branch_from) / "checkpoints", read_only=True)
-            if cfg.branch_step not in parent.all_steps():
-                raise UserError(
-                    f"{cfg.branch_from} has no checkpoint at step {cfg.branch_step}; saved steps: {parent.all_steps()}"
-                )
-            state, extra = parent.restore(cfg.branch_step, abstract_state)
-            parent.close()
-            start_step, resumed = cfg.branch_step, True
-            if is_main:
-                lines = [r for r in metrics_lib.read_metrics(cfg.branch_from) if r.get("step", 0) <= start_step]
-                atomic_write_text(run_dir / metrics_lib.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines))
-        if state is None:
-            state = jax.jit(init_state, out_shardings=state_sh)()
-        if extra.get("data") is not None:
-            it.set_global_state(extra["data"])
-        summary = _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule,
-                       start_step=start_step, total_steps=total_steps, resumed=resumed, progress=progress,
-                       is_main=is_main, batch_sh=batch_sh, extra=extra)
+        start = _start(cfg, program, ckpt)
+        if start.extra.get("data") is not None:
+            it.set_global_state(start.extra["data"])
+        summary = _run(cfg, program, start, it, ckpt, evaluate, progress, epochs)
     finally:
         ckpt.close()
         it.close()
     return summary
 
 
-def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *, start_step, total_steps,
-         resumed, progress, is_main, batch_sh, extra) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Start:
+    """Where the loop begins: the step, the state at it, and the checkpoint's extra dict."""
+
+    step: int
+    state: Any
+    extra: dict[str, Any]
+    resumed: bool  # continuing a run's metrics (resumed or branched) rather than starting them
+
+
+def _start(cfg: TrainConfig, program: TrainProgram, ckpt: ckpt_lib.Checkpointer) -> _Start:
+    """The newest checkpoint (``resume``), the parent's branch-point checkpoint (``branch_from``;
+    its metrics up to the branch step are copied), or a fresh state."""
+    if cfg.resume:
+        found = ckpt.restore_latest(program.abstract_state)
+        if found is not None:
+            step, state, extra = found
+            return _Start(step, state, extra, True)
+    elif cfg.branch_from is not None:
+        parent = ckpt_lib.Checkpointer(Path(cfg.branch_from) / CHECKPOINT_DIR, read_only=True)
+        if cfg.branch_step not in parent.all_steps():
+            raise UserError(
+                f"{cfg.branch_from} has no checkpoint at step {cfg.branch_step}; saved steps: {parent.all_steps()}"
+            )
+        state, extra = parent.restore(cfg.branch_step, program.abstract_state)
+        parent.close()
+        if jax.process_index() == 0:
+            lines = [r for r in read_metrics(cfg.branch_from) if r.get("step", 0) <= cfg.branch_step]
+            atomic_write_text(Path(cfg.out) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines))
+        return _Start(cfg.branch_step, state, extra, True)
+    return _Start(0, program.fresh_state(), {}, False)
+
+
+def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatches, ckpt: ckpt_lib.Checkpointer,
+         evaluate: Callable[[Any], float], progress: bool | None, epochs: float) -> dict[str, Any]:
+    """Steps ``start.step + 1 … total``: train, log, evaluate, checkpoint; the summary when complete
+    (``epochs``: passes over the train split, recorded in it)."""
+    model_cfg, batch_sh, train_step = program.model_cfg, program.batch_sharding, program.train_step
+    state, extra, start_step = start.state, start.extra, start.step
+    total_steps = cfg.total_steps()
+    is_main = jax.process_index() == 0
     run_dir = Path(cfg.out)
     counts = accounting.param_counts(model_cfg)
     flops_per_token = accounting.train_flops_per_token(model_cfg, cfg.seq_len)
@@ -364,9 +295,9 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
         wandb_config = {"train": cfg.to_dict(), "model": {**model_cfg.to_dict(), "preset": cfg.preset},
                         "non_embedding": int(counts["non_embedding"]), "train_flops_per_token": int(flops_per_token)}
         sinks.append(WandbLogger(cfg.wandb, run_dir, name=cfg.name or run_dir.name, config=wandb_config,
-                                 resume=resumed))
-    writer = metrics_lib.MetricsWriter(run_dir, total_steps=total_steps, start_step=start_step, resume=resumed,
-                                       enabled=is_main, progress=progress, sinks=sinks)
+                                 resume=start.resumed))
+    writer = metrics_lib.MetricsWriter(run_dir, total_steps=total_steps, start_step=start_step,
+                                       resume=start.resumed, enabled=is_main, progress=progress, sinks=sinks)
     best_eval = extra.get("best_eval_loss")
     last_eval = extra.get("last_eval_loss")
     last_loss = None
@@ -395,7 +326,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
                         raise UserError(
                             f"stopped at step {done}: {cfg.max_bad_steps} consecutive non-finite steps "
                             f"(loss or gradient NaN/inf); last good checkpoint: "
-                            f"{'step ' + str(steps[-1]) if steps else 'none'} in {run_dir / 'checkpoints'}"
+                            f"{'step ' + str(steps[-1]) if steps else 'none'} in {run_dir / CHECKPOINT_DIR}"
                         )
                 else:
                     last_loss = loss
@@ -453,7 +384,7 @@ def _run(cfg, model_cfg, ds, state, it, ckpt, train_step, evaluate, schedule, *,
         "total": int(counts["total"]),
         "batch_size": cfg.batch_size,
         "seq_len": cfg.seq_len,
-        "epochs": _epochs(cfg, ds),
+        "epochs": epochs,
     }
     if is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)

@@ -9,49 +9,17 @@ On resume, ``metrics.jsonl`` is first cut back (atomically) to the records with
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from scalinglab.fileio import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (a torn last line, from a kill mid-write, is dropped)."""
-    records = []
-    p = Path(path)
-    if p.is_dir():
-        p = p / METRICS_FILE
-    if not p.exists():
-        return records
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
+from scalinglab.fileio import atomic_write_text, json_safe
+from scalinglab.rundir import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 
 def truncate_metrics(path: str | Path, max_step: int) -> None:
     """Keep only records with ``step ≤ max_step`` (atomic rewrite)."""
     kept = [r for r in read_metrics(path) if int(r.get("step", -1)) <= max_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe scalar: Python float/int, NaN/inf → None."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return value
-    return f if math.isfinite(f) else None
 
 
 class MetricsWriter:
@@ -78,7 +46,7 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if resume else None)
+            self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step + 1 if resume else None)
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
@@ -91,7 +59,7 @@ class MetricsWriter:
         """Log one step's record (must contain ``step``)."""
         if not self.enabled:
             return
-        clean = {k: _clean(v) for k, v in record.items()}
+        clean = json_safe(record)
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -26,6 +26,7 @@ from scalinglab.errors import UserError
 from scalinglab.models import accounting
 from scalinglab.models.config import ModelConfig
 from scalinglab.models.ladder import ladder_config
+from scalinglab.rundir import LR_SEARCH_DIR
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.options import option
 
@@ -265,7 +266,7 @@ def plan_lr_search(spec: LadderSpec, runs: Sequence[PlannedRun]) -> list[Planned
     return out
 
 
-SEARCH_DIR = "lr_search"
+SEARCH_DIR = LR_SEARCH_DIR
 
 
 def run_epochs(runs: Sequence[PlannedRun], train_tokens: int | None) -> list[float | None]:

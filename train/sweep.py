@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
+from scalinglab.rundir import SUMMARY_FILE, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
 
@@ -45,7 +46,6 @@ LR_RULES = ("sqrt", "linear", "fixed", "grid")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule
 DEFAULT_LR_RULE = "grid"
 MIN_BATCH_SIZES = 3  # the S-E hyperbola has two parameters
-SWEEP_FILE = "sweep.json"
 WARMUP_FRACTION = 0.05  # of the shortest run (the largest batch), in steps, shared by all runs
 # Settings that must match when an existing sweep directory is continued.
 _FINGERPRINT = ("preset", "overrides", "dataset", "seq_len", "tokens", "schedule", "seed")
@@ -149,12 +149,8 @@ def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: 
 
 
 def _final_eval(summary: dict[str, Any]) -> float:
-    v = summary.get("final_eval_loss")
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return math.inf
-    return v if math.isfinite(v) else math.inf
+    """The run's final eval loss (nats/token); +inf when it has none (it never wins a comparison)."""
+    return finite_or(summary.get("final_eval_loss"), math.inf)
 
 
 def edge_extension(results: dict[float, float]) -> float | None:
@@ -236,7 +232,7 @@ def run_sweep(
     log = log or (lambda msg: None)
 
     def train_one(r: SweepRun) -> dict[str, Any]:
-        summary_path = Path(r.config.out) / "summary.json"
+        summary_path = Path(r.config.out) / SUMMARY_FILE
         if summary_path.exists():
             log(f"[batch-sweep] {r.subdir}: finished, skipped")
             return read_json(summary_path)

@@ -13,7 +13,8 @@ import pytest
 from scipy.optimize import least_squares
 
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, atomic_write_text
+from scalinglab.fileio import atomic_write_json, atomic_write_text, json_safe
+from scalinglab.scaling import batch_load
 from scalinglab.scaling import critical_batch as cb
 
 SCALINGLAB = Path(sys.executable).parent / "scalinglab"
@@ -131,7 +132,7 @@ def test_bcrit_power_law_recovered():
 def test_steps_to_target_exact_on_linear_curve_with_and_without_smoothing():
     steps = np.arange(10, 1001, 10, dtype=float)
     loss = 5.0 - 0.002 * steps  # crosses L at s = (5 − L)/0.002
-    for smoothed in (loss, cb.smooth_loss(steps, loss, 0.2)):
+    for smoothed in (loss, batch_load.smooth_loss(steps, loss, 0.2)):
         np.testing.assert_allclose(smoothed, loss, atol=1e-12)  # symmetric window: linear curve unchanged
         assert cb.steps_to_target(steps, smoothed, 4.7) == pytest.approx(150.0, abs=1e-9)
         assert cb.steps_to_target(steps, smoothed, 4.6912) == pytest.approx(154.4, abs=1e-9)
@@ -158,7 +159,7 @@ def test_smoothing_removes_noise_without_shifting_the_crossing():
     steps = np.arange(10, 20001, 10, dtype=float)
     clean = 4.0 - 0.25 * np.log(steps)
     noisy = clean + 0.05 * rng.standard_normal(len(steps))
-    sm = cb.smooth_loss(steps, noisy, 0.2)
+    sm = batch_load.smooth_loss(steps, noisy, 0.2)
     tail = steps > 1000
     assert np.std((sm - clean)[tail]) < np.std((noisy - clean)[tail]) / 5
     true = math.exp((4.0 - 2.0) / 0.25)  # ≈ 2981 steps
@@ -168,8 +169,8 @@ def test_smoothing_removes_noise_without_shifting_the_crossing():
 # ---- the whole analysis on a synthetic sweep with known B_crit(L) ----------------------------------
 def test_synthetic_sweep_recovers_bcrit_law_and_b_simple(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", [8, 16, 32, 64, 128, 256])
-    curves = cb.load_sweep(sweep)
-    result = cb.json_safe(cb.analyze_sweep(curves, n_bootstrap=300))
+    curves = batch_load.load_sweep(sweep)
+    result = json_safe(cb.analyze_sweep(curves, n_bootstrap=300))
     json.dumps(result, allow_nan=False)  # strict JSON
     assert result["bootstrap"]["method"] == "cases"
     losses = [t["loss"] for t in result["targets"]]
@@ -191,8 +192,8 @@ def test_synthetic_sweep_recovers_bcrit_law_and_b_simple(tmp_path):
 
 
 def test_default_targets_are_crossed_after_the_warmup_by_every_run(tmp_path):
-    plain = cb.default_targets(cb.load_sweep(write_sweep(tmp_path / "a", [8, 32, 128])))
-    curves = cb.load_sweep(write_sweep(tmp_path / "b", [8, 32, 128], warmup=40))
+    plain = cb.default_targets(batch_load.load_sweep(write_sweep(tmp_path / "a", [8, 32, 128])))
+    curves = batch_load.load_sweep(write_sweep(tmp_path / "b", [8, 32, 128], warmup=40))
     assert [c.warmup for c in curves] == [40, 40, 40]
     targets = cb.default_targets(curves)
     assert targets[0] < plain[0] and targets[-1] == pytest.approx(plain[-1])  # only the top moves
@@ -203,7 +204,7 @@ def test_default_targets_are_crossed_after_the_warmup_by_every_run(tmp_path):
 
 def test_few_runs_use_residual_bootstrap_with_nondegenerate_intervals(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", [8, 32, 128])
-    result = cb.json_safe(cb.analyze_sweep(cb.load_sweep(sweep), targets=[2.2, 2.0], n_bootstrap=200))
+    result = json_safe(cb.analyze_sweep(batch_load.load_sweep(sweep), targets=[2.2, 2.0], n_bootstrap=200))
     assert result["bootstrap"]["method"] == "residuals"
     for t in result["targets"]:
         lo, hi = t["ci"]["B_crit"]
@@ -212,7 +213,7 @@ def test_few_runs_use_residual_bootstrap_with_nondegenerate_intervals(tmp_path):
 
 def test_targets_not_reached_and_too_few_batch_sizes_raise(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", [8, 32, 128])
-    curves = cb.load_sweep(sweep)
+    curves = batch_load.load_sweep(sweep)
     with pytest.raises(UserError, match="no run reaches target loss 1.2"):
         cb.analyze_sweep(curves, targets=[2.0, 1.2])
     with pytest.raises(UserError, match="3 distinct batch sizes"):

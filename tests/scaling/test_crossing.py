@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.optimize import isotonic_regression
 
+from scalinglab.scaling import batch_load
 from scalinglab.scaling import critical_batch as cb
 from scalinglab.scaling.crossing import isotonic_decreasing, min_over_lr
 from scalinglab.scaling.mccandlish import McCandlishModel, sqrt_rule, write_sweep
@@ -83,7 +84,7 @@ def _noisy_crossings(batch_size, noise, n_rep=100, seed=0):
     raw, ours = [], []
     for _ in range(n_rep):
         y = clean + noise * math.sqrt(8.0 / batch_size) * rng.standard_normal(len(clean))
-        curve = cb.curve_from_rows(
+        curve = batch_load.curve_from_rows(
             [{"step": int(s), "loss": float(v)} for s, v in zip(steps, y)], batch_size=batch_size, seq_len=64
         )
         raw.append([cb.steps_to_target(steps, y, t) for t in TARGETS[:-1]])

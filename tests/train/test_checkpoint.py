@@ -1,12 +1,21 @@
 """Checkpointer: round trip, keep-last-N plus branch points, fallback past a corrupt newest step."""
 
 import warnings
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalinglab.train.checkpoint import Checkpointer, abstract_like
+from scalinglab.train.checkpoint import Checkpointer
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStruct pytree (with shardings) for restoring into the layout of ``tree``."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
 
 
 def _state(v):

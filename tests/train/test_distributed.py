@@ -8,7 +8,7 @@ import pytest
 
 from scalinglab.launch_local import free_port, process_envs
 from scalinglab.train.loop import train
-from scalinglab.train.metrics import read_metrics
+from scalinglab.rundir import read_metrics
 
 
 @pytest.mark.slow

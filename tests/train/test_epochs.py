@@ -94,7 +94,7 @@ def test_ladder_preset_needs_enough_data_or_allow_repeat(tiny, capsys, tmp_path)
 
 
 def test_report_names_repeated_runs(tmp_path):
-    from scalinglab.scaling.report import repeated_data
+    from scalinglab.scaling.report_fits import repeated_data
 
     for name, epochs in (("a", 0.5), ("b", 3.25), ("c", None), ("d", 1.0)):
         run = tmp_path / name

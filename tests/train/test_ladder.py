@@ -10,7 +10,7 @@ import time
 import pytest
 
 from scalinglab.scaling.report import write_report
-from scalinglab.train.metrics import read_metrics
+from scalinglab.rundir import read_metrics
 
 # Plans a 2-budget × 3-size IsoFLOP ladder with the real planner, then shrinks every run's steps by
 # the same factor, so each budget's runs keep equal compute (rounded to whole steps).

@@ -13,7 +13,7 @@ from scalinglab.models.config import get_config
 from scalinglab.train.checkpoint import load_params
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig
 from scalinglab.train.loop import train
-from scalinglab.train.metrics import read_metrics
+from scalinglab.rundir import read_metrics
 
 
 def _flat(params):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scalinglab.train.loop import train
-from scalinglab.train.metrics import read_metrics
+from scalinglab.rundir import read_metrics
 
 STEPS, EVERY = 40, 5
 

@@ -12,7 +12,7 @@ from flax import nnx
 from scalinglab.models.config import get_config
 from scalinglab.models.transformer import Transformer
 from scalinglab.train import step as step_lib
-from scalinglab.train.loop import make_lm_loss
+from scalinglab.train.loss import make_lm_loss
 from scalinglab.train.optimizer import make_optimizer
 
 
