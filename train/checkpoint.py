@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
+from scalinglab.rundir import CHECKPOINT_DIR
+
 
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` for one run directory's ``checkpoints/``."""
@@ -85,7 +87,7 @@ class Checkpointer:
 
 def load_params(run_dir: str | Path, step: int | None = None) -> tuple[int, Any]:
     """(step, params as numpy arrays) of a run's checkpoint (default: the newest), for analysis."""
-    ck = Checkpointer(Path(run_dir) / "checkpoints", read_only=True)
+    ck = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, read_only=True)
     try:
         steps = ck.all_steps()
         if not steps:
