@@ -245,7 +245,8 @@ def bcrit_from_b_simple(table: RunTable, bin_width: float = LOSS_BIN_WIDTH) -> d
 
 def bcrit_from_sweep(sweep_dir) -> dict:
     """B_crit(L) fitted by ``fit-batch`` on a batch-size sweep directory (sequences)."""
-    from scalinglab.scaling.critical_batch import analyze_sweep, load_sweep
+    from scalinglab.scaling.batch_load import load_sweep
+    from scalinglab.scaling.critical_batch import analyze_sweep
 
     return bcrit_from_analysis(analyze_sweep(load_sweep(sweep_dir), n_bootstrap=0), sweep_dir)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from scalinglab.cli import main
-from scalinglab.train.metrics import read_metrics
+from scalinglab.rundir import read_metrics
 
 
 @pytest.mark.parametrize(
