@@ -17,7 +17,7 @@ from scalinglab.errors import UserError
 from scalinglab.scaling.budgets import group_budgets
 from scalinglab.scaling.envelope import envelope_points
 from scalinglab.scaling.isoflop import isoflop_profiles, predict_optimum
-from scalinglab.scaling.laws import LOSS_LAWS, fit_law, predict_table
+from scalinglab.scaling.laws import LOSS_LAWS, fit_law, predict_table, resolve_convention
 from scalinglab.scaling.load import RunTable
 
 
@@ -29,6 +29,9 @@ def holdout(table: RunTable, law: str, k: int, **fit_kw) -> dict:
     """
     if k < 1:
         raise UserError("--holdout must be at least 1")
+    convention = resolve_convention(law, fit_kw.get("params"))
+    if convention is not None:  # measured optima in the fit's N convention
+        table = table.with_params(convention)
     if law in LOSS_LAWS:
         if k >= len(table):
             raise UserError(f"--holdout {k} leaves no runs to fit ({len(table)} in the table)")

@@ -248,7 +248,8 @@ def bcrit_from_sweep(sweep_dir) -> dict:
     from scalinglab.scaling.batch_load import load_sweep
     from scalinglab.scaling.critical_batch import analyze_sweep
 
-    return bcrit_from_analysis(analyze_sweep(load_sweep(sweep_dir), n_bootstrap=0), sweep_dir)
+    # the law only: one resample (analyze_sweep needs at least one)
+    return bcrit_from_analysis(analyze_sweep(load_sweep(sweep_dir), n_bootstrap=1), sweep_dir)
 
 
 def bcrit_from_analysis(cb: dict, sweep_dir) -> dict:
