@@ -7,7 +7,8 @@ of every sweep and, for a source with a known entropy rate, the fitted irreducib
 it. An analysis that cannot run (too few points...) is recorded as ``{"error": message}``.
 :mod:`scalinglab.scaling.report` renders the result.
 
-Units throughout: N non-embedding parameters, D tokens, C training FLOPs (exact), loss in nats/token.
+Units throughout: N parameters (non-embedding for Kaplan's laws, total for Chinchilla's approaches:
+each result's ``params_convention``), D tokens, C training FLOPs (exact), loss in nats/token.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
     repeats = repeated_data(runs_dir)
     if repeats:
         fits["data_repeats"] = repeats
+    # each law in its paper's N convention (scaling.laws.PAPER_CONVENTION): like for like with the
+    # published values the report compares it with
     for key, law in LOSS_FITS.items():
-        _try(fits, key, lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed))
+        _try(fits, key, lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed, params="auto"))
 
     next_c = float(budgets.max()) * 10.0
     fits["allocation_next_10x"] = {key: allocate(rf.result(key), next_c) for key in ALLOCATION_FITS
@@ -127,10 +130,10 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
         law = LOSS_FITS[key]
         try:
             if law in ("isoflop",):
-                hold[key] = holdout(table, law, holdout_budgets)
+                hold[key] = holdout(table, law, holdout_budgets, params="auto")
             else:
                 n_held = int(np.sum(labels >= labels.max() + 1 - holdout_budgets))
-                hold[key] = holdout(table, law, n_held)
+                hold[key] = holdout(table, law, n_held, params="auto")
         except UserError as e:
             hold[key] = {"error": str(e)}
     fits["holdout"] = hold
@@ -153,4 +156,18 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
             continue
         fits.setdefault("critical_batch", {})[sweep_dir.name] = json_safe(cb)
         rf.sweeps.append((sweep_dir, curves, cb))
+
+    # Kaplan's L(N, S_min) and L(C_min): B_crit(L) from the first sweep that gives a law, else the runs' B_simple
+    from scalinglab.scaling.kaplan import bcrit_from_analysis
+
+    bcrit = None
+    for sweep_dir, _, cb in rf.sweeps:
+        try:
+            bcrit = bcrit_from_analysis(cb, sweep_dir.relative_to(runs_dir))
+            break
+        except UserError:
+            continue
+    for key, law in (("kaplan_ns", "kaplan-ns"), ("kaplan_cmin", "kaplan-cmin")):
+        _try(fits, key, lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed, params="auto",
+                                                bcrit=bcrit))
     return rf
