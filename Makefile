@@ -6,14 +6,24 @@ UV     := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # Default test run: everything except tests marked slow (see pyproject.toml).
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv demo demo-synthetic test test-all bench lint tensorboard readme clean
+# Accelerator extras (`make venv-tpu`, `make venv-cuda`) are recorded in .venv/.extras, and every
+# sync installs all recorded extras, so a later `make venv` keeps them.
+SYNC = "$(UV)" sync --frozen --python 3.11 $$(sed 's/^/--extra /' $(VENV)/.extras 2>/dev/null)
+
+.PHONY: venv venv-tpu venv-cuda demo demo-synthetic test test-all bench lint tensorboard readme clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x "$(UV)" || $(PYTHON) -m pip install --quiet --user uv==0.13.9
-	"$(UV)" sync --frozen --python 3.11
+	$(SYNC)
 	@touch $@
+
+# libtpu (TPU VMs, and `scalinglab aot` on any host) / CUDA 12 jax plugin, pinned in uv.lock.
+venv-tpu venv-cuda: venv
+	@grep -qx $(@:venv-%=%) $(VENV)/.extras 2>/dev/null || echo $(@:venv-%=%) >> $(VENV)/.extras
+	$(SYNC)
+	@touch $(VENV)/.installed
 
 demo: venv
 	$(BIN)/scalinglab demo

@@ -39,6 +39,11 @@ Forward FLOPs per token (T = ``seq_len``):
 
 Training FLOPs per token = 3 × matmul_exact (backward = 2 × forward); this is the
 C the training loop accumulates.
+
+MFU conventions: ``mfu`` divides the matmul-exact count (full T×T attention, what the XLA
+kernel runs) by the peak; ``mfu_causal`` uses the causal count, where the attention score
+and value matmuls (4·T·N·H per layer and token) are halved because half the T×T matrix is
+masked, as MaxText counts since 2025 (``train_flops_per_token(cfg, T, causal=True)``).
 """
 
 from __future__ import annotations
@@ -142,9 +147,17 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     }
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Training FLOPs per token: forward + backward = 3 × matmul-exact forward."""
-    return 3 * forward_flops_per_token(cfg, seq_len)["matmul_exact"]
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> int:
+    """Training FLOPs per token: forward + backward = 3 × matmul-exact forward.
+
+    ``causal=True``: the causal convention, attention scores and values halved (2·T·N·H of
+    their 4·T·N·H per layer removed); for the ``mfu_causal`` figure, not for C.
+    """
+    forward = forward_flops_per_token(cfg, seq_len)["matmul_exact"]
+    if causal:
+        cfg = validate(cfg)
+        forward -= cfg.n_layer * 2 * int(seq_len) * cfg.n_head * cfg.head_dim
+    return 3 * forward
 
 
 def __getattr__(name: str) -> Any:
@@ -183,8 +196,9 @@ class _OneKey:
     __call__ = params
 
 
-def abstract_model(cfg: ModelConfig, dtype: Any = None) -> tuple[Any, Any]:
-    """(graphdef, abstract state) of the model: shapes only, no weights allocated (dtype: float32)."""
+def abstract_model(cfg: ModelConfig, dtype: Any = None, remat: str = "none") -> tuple[Any, Any]:
+    """(graphdef, abstract state) of the model: shapes only, no weights allocated (dtype: float32;
+    ``remat``: the blocks' rematerialisation, see the transformer)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -192,7 +206,7 @@ def abstract_model(cfg: ModelConfig, dtype: Any = None) -> tuple[Any, Any]:
 
     dtype = jnp.float32 if dtype is None else dtype
     keys = _OneKey()
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=keys, dtype=dtype))  # type: ignore[arg-type]
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=keys, dtype=dtype, remat=remat))  # type: ignore[arg-type]
     return nnx.split(model)
 
 

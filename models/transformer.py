@@ -18,7 +18,11 @@ Every parameter carries logical axis names in its ``out_sharding`` metadata
 ``norm``); :mod:`scalinglab.models.sharding` maps them to mesh axes.
 
 The layer stack is a plain Python loop over blocks, so the forward jaxpr holds one
-copy of each block's matmuls (see :mod:`scalinglab.models.accounting`). Every matmul
+copy of each block's matmuls (see :mod:`scalinglab.models.accounting`). ``remat``
+rematerialises each block in the backward pass (``jax.checkpoint`` with a policy from
+:data:`REMAT_POLICIES`): ``none`` keeps every activation, ``dots`` keeps only the outputs of
+weight matmuls (projections, MLP; MaxText's "minimal"), recomputing elementwise work and the
+T×T attention scores and weighted values, ``full`` keeps only each block's input. Every matmul
 the forward runs is an ``einsum`` listed in this file; the attention score and
 value matmuls run inside ``jax.nn.dot_product_attention`` over the full T×T matrix.
 """
@@ -35,6 +39,13 @@ from flax import nnx
 from scalinglab.models.config import ModelConfig
 
 Dtype = Any
+
+# --remat name -> jax.checkpoint policy on each block (None: no rematerialisation).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 def _normal(std: float):
@@ -198,6 +209,10 @@ class Block(nnx.Module):
         return x_BTD + self.mlp(self.ln_2(x_BTD))
 
 
+def _apply_block(block: Block, x_BTD: jax.Array) -> jax.Array:
+    return block(x_BTD)
+
+
 class Transformer(nnx.Module):
     """Decoder-only language model: ``tokens_BT int32 -> logits_BTV float32``.
 
@@ -207,6 +222,8 @@ class Transformer(nnx.Module):
       dtype: compute dtype; parameters are stored in float32 regardless.
       attention_impl: passed to ``jax.nn.dot_product_attention`` (None → XLA;
         ``"cudnn"`` for the fused GPU kernel).
+      remat: ``none``, ``dots`` or ``full`` (see :data:`REMAT_POLICIES`); the same
+        numbers, less activation memory, more backward FLOPs.
     """
 
     def __init__(
@@ -216,9 +233,13 @@ class Transformer(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Dtype = jnp.float32,
         attention_impl: str | None = None,
+        remat: str = "none",
     ):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat {remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
         self.cfg = cfg
         self.dtype = dtype
+        self.remat = remat
         D, V, std = cfg.d_model, cfg.vocab_size, cfg.init_std
         self.wte = nnx.Embed(V, D, dtype=dtype, param_dtype=jnp.float32, embedding_init=_normal(std),
                              embedding_metadata=_meta("vocab", "embed"), rngs=rngs)
@@ -241,8 +262,11 @@ class Transformer(nnx.Module):
         x_BTD = self.wte(tokens_BT)
         if self.cfg.learned_positions:
             x_BTD = x_BTD + self.wpe(jnp.arange(T, dtype=jnp.int32))[None]
+        apply = _apply_block
+        if self.remat != "none":
+            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[self.remat])
         for block in self.blocks:
-            x_BTD = block(x_BTD)
+            x_BTD = apply(block, x_BTD)
         h_BTD = self.ln_f(x_BTD).astype(self.dtype)
         if self.cfg.tied:
             head_VD = self.wte.embedding[...].astype(self.dtype)

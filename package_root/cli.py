@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "scalinglab.train.cli",  # train
     "scalinglab.train.sweep_cli",  # batch-sweep
     "scalinglab.train.ladder_cli",  # ladder, demo
+    "scalinglab.train.aot_cli",  # aot
     "scalinglab.scaling.cli",  # fit
     "scalinglab.scaling.batch_cli",  # fit-batch
     "scalinglab.scaling.report_cli",  # report

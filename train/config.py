@@ -19,6 +19,7 @@ from scalinglab.train.options import Part, Schema, option
 SCHEDULES = ("cosine", "constant", "wsd")
 WSD_SHAPES = ("linear", "1-sqrt")
 DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "dots", "full")  # see scalinglab.models.transformer.REMAT_POLICIES
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -133,6 +134,8 @@ class TrainConfig:
         parse=parse_mesh)
     grad_accum: int = option(1, "microbatches per step (gradient accumulation)", section=TRAIN)
     dtype: str = option("float32", "compute dtype (parameters stay float32)", section=TRAIN, choices=DTYPES)
+    remat: str = option("none", "per-block rematerialisation: none, dots (keep weight-matmul outputs), full "
+                        "(keep block inputs only)", section=TRAIN, choices=REMATS)
     gns: bool = option(True, "skip the gradient-noise-scale statistics", section=TRAIN)
     gns_window: int = option(1024, "examples summed per B_simple window (0: the per-step EMA, --gns-ema)",
                              section=TRAIN)
@@ -227,6 +230,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"unknown --wsd-decay-shape {cfg.wsd_decay_shape!r}; choose {' or '.join(WSD_SHAPES)}")
     if cfg.dtype not in DTYPES:
         raise UserError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.remat not in REMATS:
+        raise UserError(f"unknown remat {cfg.remat!r}; choose one of {', '.join(REMATS)}")
     for name in ("seq_len", "batch_size", "grad_accum", "eval_batches", "log_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")

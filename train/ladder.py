@@ -26,7 +26,7 @@ from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
-from scalinglab.train.plan import SEARCH_DIR, PlannedRun, format_seconds
+from scalinglab.train.plan import LADDER_PRESETS, SEARCH_DIR, LadderPreset, PlannedRun, format_seconds, plan_ladder
 from scalinglab.train.sweep import edge_extension
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
@@ -54,6 +54,19 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
         resume=True,  # continues from the newest checkpoint if any, else starts fresh
         **train_kwargs,
     )
+
+
+def preset_train_configs(name: str, *, largest: bool = False,
+                         out_dir: str | Path = "runs/ladder") -> tuple[LadderPreset, list[TrainConfig]]:
+    """The TrainConfig of every run of the ladder preset ``name`` (with the preset's dtype, mesh,
+    remat and accumulation applied), or only of its largest run (most parameters)."""
+    if name not in LADDER_PRESETS:
+        raise UserError(f"unknown --ladder-preset {name!r}; known: {', '.join(LADDER_PRESETS)}")
+    preset = LADDER_PRESETS[name]
+    runs = plan_ladder(preset.spec)
+    if largest:
+        runs = [max(runs, key=lambda r: (r.total, r.train_flops_per_token))]
+    return preset, [train_config_for(r, Path(out_dir), **preset.train_kwargs()) for r in runs]
 
 
 class OverallProgress:

@@ -286,6 +286,7 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
     run_dir = Path(cfg.out)
     counts = accounting.param_counts(model_cfg)
     flops_per_token = accounting.train_flops_per_token(model_cfg, cfg.seq_len)
+    flops_per_token_causal = accounting.train_flops_per_token(model_cfg, cfg.seq_len, causal=True)
     tokens_per_step = cfg.tokens_per_step
     peak = mfu_lib.peak_flops(dtype=cfg.dtype)
     sinks = []
@@ -348,6 +349,8 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
                         "gns_step": float(m["gns_step"]),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s * flops_per_token / peak if (tokens_per_s and peak) else None,
+                        "mfu_causal": (tokens_per_s * flops_per_token_causal / peak
+                                       if (tokens_per_s and peak) else None),
                         "skipped_steps": int(m["skipped"]),
                     }
                     if do_eval:

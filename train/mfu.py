@@ -23,6 +23,7 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
     "TPU v5e": {"bfloat16": 197e12, "float32": 197e12 / 4},
     "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 4},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 4},  # v5p's jax device_kind
     "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12 / 4},
     "TPU v6e": {"bfloat16": 918e12, "float32": 918e12 / 4},
 }

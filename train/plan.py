@@ -325,17 +325,27 @@ def format_seconds(s: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LadderPreset:
-    """A ladder sized for a machine: the spec plus what we assume to estimate its wall time."""
+    """A ladder sized for a machine: the spec, how its runs execute there, and what we assume
+    to estimate its wall time. ``dtype``, ``mesh``, ``remat`` and ``grad_accum`` are applied to
+    every run (:meth:`train_kwargs`); ``topology`` is the TPU slice ``scalinglab aot`` checks."""
 
     description: str
     spec: LadderSpec
     peak_flops_per_s: float  # the hardware's dense peak (bf16 on accelerators), FLOP/s
     assumed_mfu: float  # model FLOPs utilisation used for the time estimate
     dtype: str = "bfloat16"
-    mesh: str = "data=-1"
+    mesh: dict[str, int] | None = None  # None: every device on ``data``
+    remat: str = "none"
+    grad_accum: int = 1
+    topology: str | None = None  # e.g. "v4-32"; None for GPU presets
 
     def estimated_seconds(self, runs: Sequence[PlannedRun]) -> float:
         return sum(r.flops for r in runs) / (self.peak_flops_per_s * self.assumed_mfu)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """The TrainConfig fields this preset sets on every run."""
+        return {"dtype": self.dtype, "mesh": dict(self.mesh) if self.mesh else None, "remat": self.remat,
+                "grad_accum": self.grad_accum}
 
 
 def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderSpec:
@@ -348,14 +358,19 @@ def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderS
 
 # Peaks: H100 SXM 989 TFLOP/s dense bf16; TPU v4 275 TFLOP/s per chip (v4-32 = 16 chips);
 # TPU v5e 197 TFLOP/s per chip (v5litepod-16 = 16 chips). MFU 0.4 is a typical well-tuned value.
+# Memory: f32 weights + AdamW moments are 12 bytes per parameter; the TPU presets shard them over
+# every chip (fsdp) and rematerialise blocks, so their largest runs fit by `scalinglab aot`
+# (numbers in the README's accelerator section).
 LADDER_PRESETS: dict[str, LadderPreset] = {
     "gpu-h100": LadderPreset(
         "one H100: 3 budgets × 7 sizes, ~1e17–1e18 FLOPs per run",
-        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh="data=1"),
+        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh={"data": 1}, remat="dots", grad_accum=2),
     "tpu-v4-32": LadderPreset(
         "Cloud TPU v4-32 slice (16 chips): 3 budgets × 7 sizes, 3e18–3e19 FLOPs per run",
-        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh="data=-1"),
+        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh={"fsdp": 16}, remat="dots",
+        topology="v4-32"),
     "tpu-v5e-16": LadderPreset(
         "Cloud TPU v5e-16 slice (16 chips): 3 budgets × 7 sizes, 1e18–1e19 FLOPs per run",
-        _accel_spec((1e18, 3e18, 1e19), 2048, 256), 16 * 197e12, 0.4, mesh="data=-1"),
+        _accel_spec((1e18, 3e18, 1e19), 2048, 256), 16 * 197e12, 0.4, mesh={"fsdp": 16}, remat="full",
+        topology="v5litepod-16"),
 }

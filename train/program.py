@@ -55,6 +55,17 @@ class TrainProgram:
         return jax.jit(self.init_state, out_shardings=self.state_sharding)()
 
 
+@dataclasses.dataclass(frozen=True)
+class LoweredStep:
+    """The train step lowered for a device set, not yet compiled (``scalinglab aot`` compiles it for a
+    TPU topology it does not have)."""
+
+    lowered: Any  # jax.stages.Lowered of the jitted, state-donating step
+    abstract_state: Any
+    mesh_shape: dict[str, int]
+    micro_steps: int  # iterations of the step's microbatch loop (accumulation, sequential GNS halves); 1: none
+
+
 def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any] | None = None,
                   n_processes: int | None = None) -> TrainProgram:
     """Mesh, shardings, abstract state and compiled steps for ``cfg`` (validated) and ``model_cfg``.
@@ -62,6 +73,20 @@ def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence
     ``devices`` default to all of ``jax.devices()``, ``n_processes`` to ``jax.process_count()``.
     Raises UserError when the batch sizes do not divide over the mesh and the processes.
     """
+    parts = _lowered_parts(cfg, model_cfg, devices, n_processes)
+    parts.pop("micro_steps")
+    return TrainProgram(train_step=parts.pop("lowered").compile(), **parts)
+
+
+def lower_train_step(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any],
+                     n_processes: int | None = None) -> LoweredStep:
+    """The train step of :func:`build_program`, lowered for ``devices`` (e.g. compile-only TPU devices)."""
+    parts = _lowered_parts(cfg, model_cfg, devices, n_processes)
+    return LoweredStep(parts["lowered"], parts["abstract_state"], parts["mesh_shape"], parts["micro_steps"])
+
+
+def _lowered_parts(cfg: TrainConfig, model_cfg: ModelConfig, devices: Sequence[Any] | None,
+                   n_processes: int | None) -> dict[str, Any]:
     devices = list(jax.devices() if devices is None else devices)
     n_proc = jax.process_count() if n_processes is None else int(n_processes)
     mesh_shape = cfg.mesh_shape(len(devices), n_proc)
@@ -74,7 +99,7 @@ def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence
         raise UserError(f"eval batch size {eval_bs} must be divisible by data×fsdp={dp} and {n_proc} processes")
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
-    graphdef, abstract_vars = accounting.abstract_model(model_cfg, dtype)
+    graphdef, abstract_vars = accounting.abstract_model(model_cfg, dtype, remat=cfg.remat)
     params_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_vars, mesh))
     replicated = NamedSharding(mesh, P())
     batch_sh = sharding.batch_sharding(mesh)
@@ -84,7 +109,7 @@ def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence
     rng_data = np.asarray(jax.random.key_data(jax.random.key(cfg.seed)))
 
     def init_state():
-        model = Transformer(model_cfg, rngs=nnx.Rngs(params=cfg.seed), dtype=dtype)
+        model = Transformer(model_cfg, rngs=nnx.Rngs(params=cfg.seed), dtype=dtype, remat=cfg.remat)
         state = step_lib.init_state(nnx.to_pure_dict(nnx.state(model, nnx.Param)), optimizer)
         state["rng"] = jnp.asarray(rng_data)
         return state
@@ -117,10 +142,11 @@ def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence
         gns_window=cfg.gns_window, gns_ema=cfg.gns_ema, group_sharding=group_sh, has_aux=True,
     )
     abstract_batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=batch_sh)
-    train_step = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch).compile()
+    lowered = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch)
     eval_step = step_lib.make_eval_step(lambda p, b: loss_fn(p, b)[1], params_sh, batch_sh)
-    return TrainProgram(
+    micro_steps = cfg.grad_accum if cfg.grad_accum > 1 else (groups if gns_on and group_sh is None else 1)
+    return dict(
         model_cfg=model_cfg, mesh=mesh, mesh_shape=mesh_shape, batch_sharding=batch_sh, state_sharding=state_sh,
-        abstract_state=abstract_state, init_state=init_state, train_step=train_step, eval_step=eval_step,
-        eval_batch_size=eval_bs, schedule=schedule,
+        abstract_state=abstract_state, init_state=init_state, lowered=lowered, eval_step=eval_step,
+        eval_batch_size=eval_bs, schedule=schedule, micro_steps=micro_steps,
     )

@@ -1,24 +1,76 @@
 """The Cloud TPU launcher's dry run and the local multi-process launcher's environments."""
 
+import argparse
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-from scalinglab import launch_local
+import pytest
+
+from scalinglab import launch_local, launch_tpu
 
 
-def test_tpu_dry_run_prints_create_install_and_run_on_all_workers():
-    cmd = [sys.executable, "-m", "scalinglab.launch_tpu", "--name", "ladder-v4", "--zone", "us-central2-b",
-           "--accelerator-type", "v4-32", "--dry-run", "--", "scalinglab", "ladder", "--ladder-preset", "tpu-v4-32"]
+def _dry_run(*args):
+    cmd = [sys.executable, "-m", "scalinglab.launch_tpu", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    lines = [shlex.split(line) for line in out.stdout.strip().splitlines()]
-    assert lines[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "ladder-v4"]
-    assert "v4-32" in lines[0]
-    ssh = [line for line in lines if line[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]]
-    assert len(ssh) == 2 and all("--worker=all" in line for line in ssh)
-    assert "jax[tpu]" in ssh[0][-1]
-    assert ssh[1][-1].endswith(".venv/bin/scalinglab ladder --ladder-preset tpu-v4-32")
+    return out.stdout.splitlines()
+
+
+def _expected(name, zone, accel, image, job, create_extra=(), prepare=None):
+    """The exact lines, written out here independently of the launcher's code."""
+    root = str(Path(launch_tpu.__file__).resolve().parent.parent)
+    ssh = f"gcloud compute tpus tpu-vm ssh {name} --zone {zone}"
+    lines = [
+        f"gcloud compute tpus tpu-vm create {name} --zone {zone} --accelerator-type {accel} --version {image}"
+        + "".join(" " + c for c in create_extra),
+        f"git -C {root} archive --format=tar.gz -o /tmp/scalinglab-{name}.tar.gz HEAD",
+        f"gcloud compute tpus tpu-vm scp /tmp/scalinglab-{name}.tar.gz '{name}:~/scalinglab-src.tar.gz' "
+        f"--zone {zone} --worker=all",
+        f"{ssh} --worker=all --command 'rm -rf ~/scalinglab && mkdir -p ~/scalinglab && tar xzf "
+        "~/scalinglab-src.tar.gz -C ~/scalinglab && cd ~/scalinglab && python3 -m pip install --user -q uv==0.13.9 "
+        "&& ~/.local/bin/uv sync --frozen --python 3.11 --extra tpu'",
+    ]
+    if prepare:
+        lines.append(f"{ssh} --worker=0 --command 'cd ~/scalinglab && .venv/bin/scalinglab data prepare {prepare}'")
+    lines += [
+        f"{ssh} --worker=all --command 'mkdir -p ~/scalinglab-logs && cd ~/scalinglab && SCALINGLAB_DISTRIBUTED=1 "
+        f"nohup .venv/bin/scalinglab {job} > ~/scalinglab-logs/{name}-$(hostname).log 2>&1 < /dev/null &'",
+        f"# watch: {ssh} --worker=all --command 'tail -n 20 ~/scalinglab-logs/{name}-$(hostname).log'",
+    ]
+    return lines
+
+
+@pytest.mark.parametrize("accel, image", [("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+                                          ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
+def test_tpu_dry_run_is_exact_per_generation(accel, image):
+    got = _dry_run("--name", "lad", "--zone", "z1", "--accelerator-type", accel, "--dry-run", "--",
+                   "scalinglab", "ladder", "--ladder-preset", "tpu-v4-32", "--out", "gs://b/runs")
+    assert got == _expected("lad", "z1", accel, image, "ladder --ladder-preset tpu-v4-32 --out gs://b/runs")
+
+
+def test_tpu_dry_run_spot_with_data_preparation():
+    got = _dry_run("--name", "n", "--zone", "z", "--accelerator-type", "v5litepod-16", "--spot", "--prepare",
+                   "local_text", "--data-dir", "gs://b/data", "--dry-run", "--", "scalinglab", "train", "--steps", "9")
+    assert got == _expected("n", "z", "v5litepod-16", "v2-alpha-tpuv5-lite", "train --steps 9", ["--spot"],
+                            prepare="--dataset local_text --data-dir gs://b/data")
+
+
+def test_tpu_queued_resource_and_preempted_node_is_deleted_and_recreated():
+    args = argparse.Namespace(name="q", zone="z", project="", accelerator_type="v6e-8", version=None, spot=True,
+                              queued=True)
+    assert launch_tpu.node_commands(args, "READY") == []
+    assert [shlex.join(c) for c in launch_tpu.node_commands(args, "PREEMPTED")] == [
+        "gcloud compute tpus queued-resources delete q --zone z --force --quiet",
+        "gcloud compute tpus queued-resources create q --node-id q --zone z --accelerator-type v6e-8 "
+        "--runtime-version v2-alpha-tpuv6e --spot",
+    ]
+    args.queued = False
+    assert [shlex.join(c) for c in launch_tpu.node_commands(args, "PREEMPTED")] == [
+        "gcloud compute tpus tpu-vm delete q --zone z --quiet",
+        "gcloud compute tpus tpu-vm create q --zone z --accelerator-type v6e-8 --version v2-alpha-tpuv6e --spot",
+    ]
 
 
 def test_tpu_launcher_needs_a_command():
