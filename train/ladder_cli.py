@@ -97,6 +97,8 @@ def _ladder(args: argparse.Namespace) -> int:
     values = SCHEMA.values(args)
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
     spec, extra = _spec(values, opts)
+    if "preset" in extra:  # the preset's dtype, mesh, remat and accumulation, unless given
+        values = {**extra["preset"].train_kwargs(), **values}
     shared: TrainConfig = SCHEMA.build(TrainConfig, values)  # the settings every run of the ladder shares
     if shared.wandb is not None:
         require_wandb()

@@ -1,0 +1,39 @@
+"""Ladder presets carry dtype, mesh, remat and accumulation, and `ladder --ladder-preset` applies them.
+
+The training function is replaced by one that records the TrainConfig it is handed (the effective
+config of the preset's first run) and stops the ladder; the expected values are the preset's
+declared ones, written out here.
+"""
+
+import pytest
+
+from scalinglab import cli
+from scalinglab.train import loop
+
+
+class _Stop(Exception):
+    pass
+
+
+def _first_config(monkeypatch, tmp_path, *flags):
+    seen = []
+
+    def fake_train(cfg, progress=None):
+        seen.append(cfg)
+        raise _Stop
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    with pytest.raises(_Stop):
+        cli.main(["ladder", "--ladder-preset", "tpu-v5e-16", "--out", str(tmp_path / "lad"), *flags])
+    return seen[0]
+
+
+def test_ladder_preset_run_gets_the_presets_execution_settings(monkeypatch, tmp_path):
+    cfg = _first_config(monkeypatch, tmp_path)
+    assert (cfg.dtype, cfg.mesh, cfg.remat, cfg.grad_accum) == ("bfloat16", {"fsdp": 16}, "full", 1)
+    assert (cfg.seq_len, cfg.batch_size, cfg.overrides["vocab_size"]) == (2048, 256, 32000)
+
+
+def test_flags_override_the_preset(monkeypatch, tmp_path):
+    cfg = _first_config(monkeypatch, tmp_path, "--remat", "dots", "--grad-accum", "4", "--dtype", "float32")
+    assert (cfg.dtype, cfg.mesh, cfg.remat, cfg.grad_accum) == ("float32", {"fsdp": 16}, "dots", 4)
