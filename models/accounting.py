@@ -155,7 +155,6 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = Fals
     """
     forward = forward_flops_per_token(cfg, seq_len)["matmul_exact"]
     if causal:
-        cfg = validate(cfg)
         forward -= cfg.n_layer * 2 * int(seq_len) * cfg.n_head * cfg.head_dim
     return 3 * forward
 

@@ -3,7 +3,7 @@
 
 import sys
 
-from scalinglab.scripts.launch_tpu import main, tpu_commands  # noqa: F401
+from scalinglab.scripts.launch_tpu import REPO_ROOT, job_commands, main, node_commands  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(main())

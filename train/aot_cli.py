@@ -20,7 +20,7 @@ def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, obj
     """The topology and ``(name, TrainConfig, ModelConfig)`` of every run to check."""
     from scalinglab.models.config import get_config
     from scalinglab.train.config import TrainConfig, validate
-    from scalinglab.train.cli import parse_mesh
+    from scalinglab.train.config import parse_mesh
 
     if bool(args.preset) == bool(args.ladder_preset):
         raise UserError("give either --preset (one run) or --ladder-preset (a ladder's runs)")

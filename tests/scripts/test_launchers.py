@@ -4,7 +4,6 @@ import argparse
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ def _dry_run(*args):
 
 def _expected(name, zone, accel, image, job, create_extra=(), prepare=None):
     """The exact lines, written out here independently of the launcher's code."""
-    root = str(Path(launch_tpu.__file__).resolve().parent.parent)
+    root = str(launch_tpu.REPO_ROOT)
     ssh = f"gcloud compute tpus tpu-vm ssh {name} --zone {zone}"
     lines = [
         f"gcloud compute tpus tpu-vm create {name} --zone {zone} --accelerator-type {accel} --version {image}"
