@@ -59,11 +59,12 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
 def preset_train_configs(name: str, *, largest: bool = False,
                          out_dir: str | Path = "runs/ladder") -> tuple[LadderPreset, list[TrainConfig]]:
     """The TrainConfig of every run of the ladder preset ``name`` (with the preset's dtype, mesh,
-    remat and accumulation applied), or only of its largest run (most parameters)."""
+    remat and accumulation applied), or only of its largest run (most parameters). A run whose lr
+    awaits the lr search gets the spec's lr (for ``aot``: memory and time do not depend on it)."""
     if name not in LADDER_PRESETS:
         raise UserError(f"unknown --ladder-preset {name!r}; known: {', '.join(LADDER_PRESETS)}")
     preset = LADDER_PRESETS[name]
-    runs = plan_ladder(preset.spec)
+    runs = [r if r.lr is not None else dataclasses.replace(r, lr=preset.spec.lr) for r in plan_ladder(preset.spec)]
     if largest:
         runs = [max(runs, key=lambda r: (r.total, r.train_flops_per_token))]
     return preset, [train_config_for(r, Path(out_dir), **preset.train_kwargs()) for r in runs]

@@ -358,19 +358,20 @@ def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderS
 
 # Peaks: H100 SXM 989 TFLOP/s dense bf16; TPU v4 275 TFLOP/s per chip (v4-32 = 16 chips);
 # TPU v5e 197 TFLOP/s per chip (v5litepod-16 = 16 chips). MFU 0.4 is a typical well-tuned value.
-# Memory: f32 weights + AdamW moments are 12 bytes per parameter; the TPU presets shard them over
-# every chip (fsdp) and rematerialise blocks, so their largest runs fit by `scalinglab aot`
-# (numbers in the README's accelerator section).
+# Memory: f32 weights + AdamW moments are 12 bytes per parameter (36 GB for tpu-v4-32's largest run);
+# the TPU presets shard them over every chip (fsdp), keep only block inputs (remat full) and split
+# the batch into microbatches so the T×T attention scores of one microbatch stay small; checked with
+# `scalinglab aot --ladder-preset NAME --largest` (numbers in the README's accelerator section).
 LADDER_PRESETS: dict[str, LadderPreset] = {
     "gpu-h100": LadderPreset(
         "one H100: 3 budgets × 7 sizes, ~1e17–1e18 FLOPs per run",
-        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh={"data": 1}, remat="dots", grad_accum=2),
+        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh={"data": 1}, remat="full", grad_accum=2),
     "tpu-v4-32": LadderPreset(
         "Cloud TPU v4-32 slice (16 chips): 3 budgets × 7 sizes, 3e18–3e19 FLOPs per run",
-        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh={"fsdp": 16}, remat="dots",
-        topology="v4-32"),
+        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh={"fsdp": 16}, remat="full",
+        grad_accum=8, topology="v4-32"),
     "tpu-v5e-16": LadderPreset(
         "Cloud TPU v5e-16 slice (16 chips): 3 budgets × 7 sizes, 1e18–1e19 FLOPs per run",
         _accel_spec((1e18, 3e18, 1e19), 2048, 256), 16 * 197e12, 0.4, mesh={"fsdp": 16}, remat="full",
-        topology="v5litepod-16"),
+        grad_accum=4, topology="v5litepod-16"),
 }

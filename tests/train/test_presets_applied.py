@@ -30,7 +30,7 @@ def _first_config(monkeypatch, tmp_path, *flags):
 
 def test_ladder_preset_run_gets_the_presets_execution_settings(monkeypatch, tmp_path):
     cfg = _first_config(monkeypatch, tmp_path)
-    assert (cfg.dtype, cfg.mesh, cfg.remat, cfg.grad_accum) == ("bfloat16", {"fsdp": 16}, "full", 1)
+    assert (cfg.dtype, cfg.mesh, cfg.remat, cfg.grad_accum) == ("bfloat16", {"fsdp": 16}, "full", 4)
     assert (cfg.seq_len, cfg.batch_size, cfg.overrides["vocab_size"]) == (2048, 256, 32000)
 
 
