@@ -1,6 +1,7 @@
 """The run directory: its file names, and the one reader of its metrics log (see docs/interfaces.md).
 
-A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (one JSON object per logged
+A run directory holds ``config.json`` (written first) and ``config.yaml`` (its settings as a ``--config``
+file), ``metrics.jsonl`` (one JSON object per logged
 step, appended and flushed line by line), ``checkpoints/``, ``tb/`` and, only once the run completed,
 ``summary.json``. A batch-sweep directory holds ``sweep.json`` and one run directory per run; a
 ladder directory ``plan.json``, one run directory per planned run and, when its learning rates are
@@ -18,6 +19,7 @@ from typing import Any
 from scalinglab.errors import UserError
 
 CONFIG_FILE = "config.json"
+RESOLVED_CONFIG = "config.yaml"  # a command's resolved settings (run, ladder, sweep or demo dir), usable as --config
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLAN_FILE = "plan.json"

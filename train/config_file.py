@@ -2,7 +2,7 @@
 
 ``*.json`` files are read as JSON, anything else as YAML (a superset of JSON). The top level
 must be a mapping; which keys are allowed is the command's :class:`~scalinglab.train.options.Schema`'s
-business. Every training command writes its resolved settings as ``RESOLVED_CONFIG`` into its
+business. Every training command writes its resolved settings as ``scalinglab.rundir.RESOLVED_CONFIG`` into its
 output directory; passing that file back as ``--config`` repeats the command.
 """
 
@@ -15,8 +15,6 @@ from typing import Any
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_text
-
-RESOLVED_CONFIG = "config.yaml"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from scalinglab.errors import UserError
 from scalinglab.train.config import TrainConfig
-from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
+from scalinglab.rundir import RESOLVED_CONFIG
+from scalinglab.train.config_file import write_config_file
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_lr_search, plan_table
 

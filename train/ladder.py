@@ -21,11 +21,11 @@ import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN_FILE, SUMMARY_FILE, finite_or,
-                               is_complete)
+from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN_FILE, RESOLVED_CONFIG, SUMMARY_FILE,
+                               finite_or, is_complete)
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
-from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
+from scalinglab.train.config_file import write_config_file
 from scalinglab.train.plan import LADDER_PRESETS, SEARCH_DIR, LadderPreset, PlannedRun, format_seconds, plan_ladder
 from scalinglab.train.sweep import edge_extension
 

@@ -33,12 +33,12 @@ from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, atomic_write_text, read_json
 from scalinglab.models import accounting
 from scalinglab.models.config import get_config
-from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RESOLVED_CONFIG, SUMMARY_FILE, read_metrics
 from scalinglab.train import checkpoint as ckpt_lib
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
-from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
+from scalinglab.train.config_file import write_config_file
 from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps

@@ -38,9 +38,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.rundir import SUMMARY_FILE, SWEEP_FILE, finite_or
+from scalinglab.rundir import RESOLVED_CONFIG, SUMMARY_FILE, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
-from scalinglab.train.config_file import RESOLVED_CONFIG, write_config_file
+from scalinglab.train.config_file import write_config_file
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule

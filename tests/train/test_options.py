@@ -355,7 +355,7 @@ def test_demo_settings(tmp_path):
     assert values == {"synthetic": True, "data_dir": "/tmp/d", "out": "o"}
 
 
-def test_ladder_and_sweep_write_their_resolved_config(tmp_path, monkeypatch):
+def test_ladder_and_sweep_write_their_resolved_config(tmp_path, monkeypatch, data_dir, dataset_name):
     """The CLI writes config.yaml into the output dir; as --config it gives back the same settings.
     (Training itself is replaced: this checks the settings path, the e2e tests train.)"""
     from scalinglab.train import loop
@@ -376,8 +376,10 @@ def test_ladder_and_sweep_write_their_resolved_config(tmp_path, monkeypatch):
         "3",
         "--lr-protocol",
         "fixed",
-        "--vocab-size",
-        "257",
+        "--dataset",
+        dataset_name,
+        "--data-dir",
+        data_dir,
         "--seed",
         "4",
         "--weight-decay",
@@ -388,7 +390,11 @@ def test_ladder_and_sweep_write_their_resolved_config(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert len(trained) == 3 and all((c.seed, c.weight_decay) == (4, 0.05) for c in trained)
     again = _parse("ladder", "--config", str(ladder / "config.yaml"))
-    assert ladder_cli.spec_from_args(again) == ladder_cli.spec_from_args(_parse(*argv))
+    from scalinglab.data.pipeline import load_dataset
+
+    vocab = int(load_dataset(dataset_name, data_dir).vocab_size)  # the ladder resolved it from the dataset
+    by_flags, _ = ladder_cli.spec_from_args(_parse(*argv))
+    assert ladder_cli.spec_from_args(again)[0] == dataclasses.replace(by_flags, vocab_size=vocab)
     assert ladder_cli.SCHEMA.values(again)["weight_decay"] == 0.05
 
     sweep = tmp_path / "sweep"
