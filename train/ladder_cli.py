@@ -103,12 +103,13 @@ def _ladder(args: argparse.Namespace) -> int:
     if shared.wandb is not None:
         require_wandb()
     ds = _dataset(shared.dataset, shared.data_dir)
-    if ds is None and not args.dry_run:
-        raise UserError(
-            f"dataset {shared.dataset!r} is not prepared; run: scalinglab data prepare --dataset {shared.dataset}"
-        )
-    if "vocab_size" not in values and ds is not None:  # the model's vocabulary is the dataset's (presets too)
-        spec = dataclasses.replace(spec, vocab_size=int(ds.vocab_size))
+    if "vocab_size" not in values:  # the model's vocabulary is the dataset's (presets too)
+        if ds is None and not args.dry_run:
+            raise UserError(
+                f"dataset {shared.dataset!r} is not prepared; run: scalinglab data prepare --dataset {shared.dataset}"
+            )
+        if ds is not None:
+            spec = dataclasses.replace(spec, vocab_size=int(ds.vocab_size))
     runs = plan_ladder(spec)
     search = plan_lr_search(spec, runs)
     epochs = run_epochs([*search, *runs], None if ds is None else ds.n_tokens("train"))
