@@ -33,8 +33,9 @@ def allocate(result: dict, flops: float) -> dict:
     out["tokens_per_param"] = out["D_opt"] / out["N_opt"]
     if law == "chinchilla":
         fm = result.get("flops_model")
+        exact = "C = D*(c1*N + c0*N^gamma) (the runs' exact FLOPs)"
         out["constraint"] = "C = 6*N*D" if fm is None else (
-            f"C = D*{fm['c1']:.4g}*N" if fm.get("c0", 0.0) == 0.0 else "C = D*(c1*N + c0*N^gamma) (the runs' exact FLOPs)")
+            f"C = D*{fm['c1']:.4g}*N" if fm.get("c0", 0.0) == 0.0 else exact)
     if result.get("params_convention"):
         out["params_convention"] = result["params_convention"]
     samples = result.get("bootstrap_samples")

@@ -133,7 +133,8 @@ class _Envelope:
         best = run[v[near]]
         hull_loss = np.exp(np.interp(lc, lv, np.log(loss[v])))
         cols = np.searchsorted(self.grid, grid)
-        d_opt = np.where(np.isfinite(self.tok_RC[best, cols]), self.tok_RC[best, cols], tok[v[near]] * grid / c[v[near]])
+        tok_at = self.tok_RC[best, cols]
+        d_opt = np.where(np.isfinite(tok_at), tok_at, tok[v[near]] * grid / c[v[near]])
         return {"flops": grid, "N_opt": t.params[best], "D_opt": d_opt, "loss": hull_loss,
                 "run": [t.names[i] for i in best], "run_index": best, "method": label}
 

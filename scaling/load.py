@@ -334,7 +334,8 @@ def _num(v) -> bool:
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
-    """One run directory → dict (name, params, params_total, params_with_head (N + V·d_model), tokens, flops, loss, best_loss,
+    """One run directory → dict (name, params, params_total, params_with_head (N + V·d_model), tokens, flops,
+    loss, best_loss,
     complete, steps, batch_size, seq_len, curve). Raises UserError if it has no usable point."""
     d = Path(run_dir)
     config = _read_json(d / CONFIG_FILE)

@@ -214,8 +214,10 @@ def test_exact_c_allocation_equals_brute_force_over_the_runs_flops():
         lg = np.linspace(0, 40, 400001)
         g = chinchilla.predict_loss(law, np.exp(lg), c / flops_per_token_of(model, np.exp(lg)))
         x0 = lg[np.argmin(g)]
-        ref = minimize_scalar(lambda x: chinchilla.predict_loss(law, np.exp(x), c / flops_per_token_of(model, np.exp(x))),
-                              bounds=(x0 - 1e-3, x0 + 1e-3), method="bounded", options={"xatol": 1e-12})
+        def along(x, c=c):
+            return chinchilla.predict_loss(law, np.exp(x), c / flops_per_token_of(model, np.exp(x)))
+
+        ref = minimize_scalar(along, bounds=(x0 - 1e-3, x0 + 1e-3), method="bounded", options={"xatol": 1e-12})
         assert np.log(n_opt) == pytest.approx(ref.x, abs=1e-5)
         # and it differs from the 6ND allocation by more than that
         n6, _ = chinchilla.compute_optimal(law, c)

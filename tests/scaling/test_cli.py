@@ -140,8 +140,9 @@ def test_conventions_columns_and_options_recorded_in_json(csv60, tmp_path, capsy
     # a CSV with its own headers and a total-parameter column 1.25x the non-embedding one
     t = isoflop_table(6, 10, sigma=0.01, seed=7)
     p = tmp_path / "mine.csv"
-    p.write_text("N_ne,N_tot,D,C,val\n" + "".join(f"{n:.17g},{1.25 * n:.17g},{d:.17g},{c:.17g},{l:.17g}\n" for n, d, c, l in
-                                                 zip(t["params"], t["tokens"], t["flops"], t["loss"])))
+    rows = zip(t["params"], t["tokens"], t["flops"], t["loss"])
+    p.write_text("N_ne,N_tot,D,C,val\n" + "".join(f"{n:.17g},{1.25 * n:.17g},{d:.17g},{c:.17g},{l:.17g}\n"
+                                                 for n, d, c, l in rows))
     cols = "params=N_ne,params_total=N_tot,tokens=D,flops=C,loss=val"
     assert main(["fit", str(p), "--columns", cols, "--law", "isoflop", "--isoflop-keep", "7", "--json"]) == 0
     auto = json.loads(capsys.readouterr().out)
