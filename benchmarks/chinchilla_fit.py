@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from scalinglab.benchmarks.common import write_result
 from scalinglab.benchmarks.scipy_loop import scipy_fit, scipy_objective  # noqa: F401 - re-exported for tests
 from scalinglab.scaling import chinchilla
@@ -123,13 +124,13 @@ def run(quick: bool = False) -> dict:
 
     chinchilla.fit_approach3(n[:40], d[:40], l[:40], starts=starts[:8], n_bootstrap=4)  # warm the tracer caches
     t0 = time.perf_counter()
-    ours_first = chinchilla.fit_approach3(n, d, l, starts=starts, n_bootstrap=n_boot, bootstrap_starts=4)
+    chinchilla.fit_approach3(n, d, l, starts=starts, n_bootstrap=n_boot, bootstrap_starts=4)
     t_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     ours = chinchilla.fit_approach3(n, d, l, starts=starts, n_bootstrap=n_boot, bootstrap_starts=4)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours_fit_only = chinchilla.fit_approach3(n, d, l, starts=starts)
+    chinchilla.fit_approach3(n, d, l, starts=starts)
     t_fit_only = time.perf_counter() - t0
 
     # scipy: same starts (subset timed, extrapolated), and the same bootstrap problems.

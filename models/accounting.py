@@ -61,7 +61,6 @@ __all__ = [
     "forward_flops_per_token",
     "chinchilla_terms",
     "train_flops_per_token",
-    "jaxpr_flops",
     "model_jaxpr_flops_per_token",
     "xla_flops_per_token",
     "measured_flops_per_token",
