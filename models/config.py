@@ -95,6 +95,9 @@ def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
 
 def validate(cfg: ModelConfig) -> ModelConfig:
     """Return ``cfg`` if it describes a buildable model, else raise UserError (run by ``__post_init__``)."""
+    from scalinglab.checks import check_field_types
+
+    check_field_types(cfg, "model")
     if cfg.family not in FAMILIES:
         raise UserError(f"unknown family {cfg.family!r}; choose one of {', '.join(FAMILIES)}")
     for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
@@ -103,6 +106,9 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     for name in ("n_kv_head", "d_ff"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be positive (or 0 for the default), got {getattr(cfg, name)}")
+    for name in ("norm_eps", "init_std", "rope_theta"):
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
     if cfg.d_model % cfg.n_head:
         raise UserError(f"n_head={cfg.n_head} does not divide d_model={cfg.d_model}")
     if cfg.n_head % cfg.kv_heads:

@@ -9,6 +9,7 @@ stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -95,7 +96,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("scalinglab: interrupted\n")
         return 130
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is (or wraps) a known OSError
+        rc = os_error_exit_code(e)
+        if rc is None:
+            raise
+        sys.stderr.write(f"scalinglab {args.command}: error: {describe_os_error(e)}\n")
+        return rc
     return int(rc or 0)
+
+
+# OSErrors that are the user's input (a path that cannot be written): one line, exit 2.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+# Resource exhaustion (disk full, quota): one line, exit 1 (the run's last checkpoint stays valid).
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def os_error_exit_code(e: BaseException) -> int | None:
+    """2 for a path the user gave that cannot be used, 1 for a full disk, None for anything else."""
+    seen = set()
+    while isinstance(e, BaseException) and id(e) not in seen:  # orbax and others wrap the OSError
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
+            return 1
+        if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+            return 2
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def describe_os_error(e: BaseException) -> str:
+    """One line for an OSError: what failed and on which path (``disk full`` for ENOSPC)."""
+    while not (isinstance(e, OSError) and e.errno is not None) and (e.__cause__ or e.__context__):
+        e = e.__cause__ or e.__context__
+    if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"disk full{where} ({e.strerror}); free space and rerun (the last checkpoint is intact)"
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 if __name__ == "__main__":

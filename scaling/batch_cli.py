@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="directory written by `scalinglab batch-sweep`")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--plot", metavar="DIR", help="write tradeoff.png and bcrit.png into DIR")
+    p.add_argument("--force", action="store_true",
+                   help="write figures into a --plot DIR that is not a figure directory (replacing only them)")
     p.add_argument("--targets", nargs="+", metavar="LOSS",
                    help="target losses in nats/token (space or comma separated); "
                         "default: evenly spaced in log over losses every run reaches")
@@ -72,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     if args.smooth < 0:
         raise UserError(f"--smooth must be >= 0, got {args.smooth}")
+    if args.plot:  # refuse a bad --plot before fitting
+        from scalinglab.outdir import check_out_dir
+        from scalinglab.scaling.batch_plots import FIGURE_FILES
+
+        check_out_dir(args.plot, "fit-batch-plot", owned=FIGURE_FILES, force=args.force, flag="--plot")
     curves = batch_load.load_sweep(args.sweep_dir, source=args.source, rel_width=args.smooth)
     result = cb.analyze_sweep(
         curves, _targets(args.targets), n_targets=args.n_targets, n_bootstrap=args.bootstrap, seed=args.seed
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from scalinglab.scaling.batch_plots import write_plots
 
-        result["plots"] = [str(p) for p in write_plots(result, curves, args.plot)]
+        result["plots"] = [str(p) for p in write_plots(result, curves, args.plot, force=args.force)]
     if args.json:
         emit_json(result)
     else:

@@ -95,7 +95,25 @@ def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | P
     return save_figure(fig, path)
 
 
-def write_plots(result: dict[str, Any], curves: Sequence[RunCurve], out_dir: str | Path) -> list[Path]:
-    """Both figures into ``out_dir``; returns their paths."""
+FIGURE_FILES = ("tradeoff.png", "bcrit.png")
+
+
+def write_plots(result: dict[str, Any], curves: Sequence[RunCurve], out_dir: str | Path, *,
+                force: bool = False) -> list[Path]:
+    """Both figures into ``out_dir`` (built aside, swapped in by name; see :mod:`scalinglab.outdir`);
+    returns their paths."""
+    import shutil
+
+    from scalinglab.fileio import temp_dir_beside
+    from scalinglab.outdir import check_out_dir, swap_in
+
     out_dir = Path(out_dir)
-    return [plot_tradeoff(result, out_dir / "tradeoff.png"), plot_bcrit(result, curves, out_dir / "bcrit.png")]
+    ours = check_out_dir(out_dir, "fit-batch-plot", owned=FIGURE_FILES, force=force, flag="--plot")
+    tmp = temp_dir_beside(out_dir)
+    try:
+        plot_tradeoff(result, tmp / "tradeoff.png")
+        plot_bcrit(result, curves, tmp / "bcrit.png")
+        names = swap_in(tmp, out_dir, "fit-batch-plot", mark=ours)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / n for n in names]

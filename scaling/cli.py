@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -67,6 +66,8 @@ def register(subparsers) -> None:
                    help="use runs without summary.json (flagged) instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", metavar="DIR", help="write figures (PNG) into DIR")
+    p.add_argument("--force", action="store_true",
+                   help="write figures into a --plot DIR that is not a figure directory (replacing only them)")
     p.set_defaults(func=run_fit)
 
 
@@ -83,8 +84,11 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError(f"--holdout is not available for --law {args.law}")
     if args.flops and args.law not in ("chinchilla", "isoflop", "envelope"):
         raise UserError("--flops needs --law chinchilla, isoflop or envelope")
-    if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
-        raise UserError(f"--plot {args.plot}: exists and is not a directory")
+    if args.plot:  # refuse a bad --plot before fitting (write_plots checks again when it writes)
+        from scalinglab.outdir import check_out_dir
+        from scalinglab.scaling.plots import FIGURE_FILES
+
+        check_out_dir(args.plot, "fit-plot", owned=FIGURE_FILES, force=args.force, flag="--plot")
     if not (np.isfinite(args.huber_delta) and args.huber_delta > 0):
         raise UserError("--huber-delta must be positive")
     if args.isoflop_keep is not None and args.isoflop_keep < 3:
@@ -122,7 +126,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.plot:
         from scalinglab.scaling.plots import write_plots
 
-        plots = write_plots(table, args.law, result, args.plot)
+        plots = write_plots(table, args.law, result, args.plot, force=args.force)
 
     out = strip_samples(result)
     out["source"] = str(args.source)

@@ -53,6 +53,7 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
     if convention is not None:
         table = table.with_params(convention)
     require_points(table, N_PARAMS[law], law)
+    require_identifiable(table, law)
     row_warnings = quality.check_rows(table, law)
     kw = {"n_bootstrap": n_bootstrap, "level": level, "seed": seed}
     if law == "chinchilla":
@@ -75,6 +76,27 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
     result["params_convention"] = table.params_convention
     result["params_source"] = table.params_source()
     return quality.apply(result, table, row_warnings)
+
+
+# Distinct values a law needs along each axis: a power law in N cannot be fitted on one N, and
+# approach 3's E + A/N^α + B/D^β needs three N and three D to separate E, A, α (B, β).
+_DISTINCT = {"chinchilla": {"params": 3, "tokens": 3}, "kaplan-n": {"params": 2}, "kaplan-d": {"tokens": 2},
+             "kaplan-c": {"flops": 2}, "kaplan-nd": {"params": 2, "tokens": 2}, "isoflop": {"params": 3},
+             "envelope": {"flops": 2}}
+_AXIS = {"params": "N", "tokens": "D", "flops": "C"}
+
+
+def require_identifiable(table: RunTable, law: str) -> None:
+    """UserError ("cannot identify") when the rows cannot determine ``law``'s parameters: too few
+    distinct N, D or C (e.g. 20 identical rows, or every row sharing one N) or a constant loss."""
+    for axis, need in _DISTINCT[law].items():
+        values = np.asarray(getattr(table, axis), dtype=float)
+        have = len(np.unique(values[np.isfinite(values)]))
+        if have < need:
+            raise UserError(f"cannot identify {law}: its {len(values)} rows have {have} distinct "
+                            f"{_AXIS[axis]} value{'s' if have != 1 else ''}, it needs at least {need}")
+    if len(np.unique(np.asarray(table.loss, dtype=float))) < 2:
+        raise UserError(f"cannot identify {law}: every row has the same loss")
 
 
 def predict_table(result: dict, table: RunTable) -> np.ndarray:

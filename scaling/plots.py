@@ -8,6 +8,7 @@ goes to a temporary sibling directory first, so an error leaves no partial outpu
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from scalinglab.fileio import atomic_write_bytes, built_in_temp_dir  # noqa: E402
+from scalinglab.fileio import atomic_write_bytes, temp_dir_beside  # noqa: E402
 from scalinglab.scaling import chinchilla, kaplan  # noqa: E402
 from scalinglab.scaling.isoflop import isoflop_profiles  # noqa: E402
 from scalinglab.scaling.load import RunTable  # noqa: E402
@@ -175,28 +176,33 @@ def plot_residuals(table: RunTable, predicted_loss, path, label: str = "fit") ->
     _finish(fig, path)
 
 
-def write_plots(table: RunTable, law: str, result: dict, out_dir) -> list[str]:
-    """Render the figures that make sense for ``law`` into ``out_dir`` (atomically); returns
-    the file names written."""
+FIGURE_FILES = ("loss_curves.png", "frontier.png", "contours.png", "isoflop.png", "residuals.png")
+
+
+def write_plots(table: RunTable, law: str, result: dict, out_dir, *, force: bool = False) -> list[str]:
+    """Render the figures that make sense for ``law`` into ``out_dir``; returns the file names written.
+
+    Built in a temporary directory and swapped in by name (:mod:`scalinglab.outdir`): a directory
+    that is not a ``fit --plot`` output is refused unless ``force``; nothing but these figures is replaced."""
+    from scalinglab.outdir import check_out_dir, swap_in
     from scalinglab.scaling.laws import LOSS_LAWS, predict_table
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        from scalinglab.errors import UserError
-
-        raise UserError(f"--plot {out_dir}: exists and is not a directory")
-    with built_in_temp_dir(out, merge=True) as tmp:
-        names = ["loss_curves.png", "frontier.png"]
+    ours = check_out_dir(out, "fit-plot", owned=FIGURE_FILES, force=force, flag="--plot")
+    tmp = temp_dir_beside(out)
+    try:
         plot_loss_curves(table, tmp / "loss_curves.png")
         plot_frontier(table, tmp / "frontier.png", {law: result} if law in ("kaplan-n", "kaplan-c", "chinchilla") else {})
         if law == "chinchilla":
             plot_contours(table, result, tmp / "contours.png")
-            names.append("contours.png")
         if law == "isoflop" or (law == "chinchilla" and isoflop_profiles(
                 table.params, table.tokens, table.flops, table.loss)[0]):
             plot_isoflop(table, tmp / "isoflop.png", result if law == "isoflop" else None)
-            names.append("isoflop.png")
         if law in LOSS_LAWS:
             plot_residuals(table, predict_table(result, table), tmp / "residuals.png", law)
-            names.append("residuals.png")
+        names = [n for n in FIGURE_FILES if (tmp / n).exists()]
+        swap_in(tmp, out, "fit-plot", mark=ours)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return names

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, atomic_write_text, built_in_temp_dir, json_safe
+from scalinglab.fileio import atomic_write_json, atomic_write_text, json_safe, temp_dir_beside
 from scalinglab.scaling.report_doc import Figure, Heading, Paragraph, Table, to_html, to_markdown
 from scalinglab.scaling.report_fits import DEFAULT_BOOTSTRAP, HOLDOUT_FITS, LOSS_FITS, ReportFits, fit_report
 
@@ -241,16 +242,40 @@ def build_report(runs_dir: Path, out: Path, *, n_bootstrap: int, holdout_budgets
     return doc, fits
 
 
+# What a report directory holds (besides ``<sweep>_tradeoff.png`` / ``<sweep>_bcrit.png`` figures).
+REPORT_FILES = ("report.md", "report.html", "fits.json", "loss_curves.png", "frontier.png", "isoflop.png",
+                "contours.png", "residuals.png")
+
+
+def _report_owned(out: Path) -> list[str]:
+    """Names in an existing ``out`` that a report writes (legacy report directories have no marker)."""
+    extra = [e.name for e in out.iterdir() if e.name.endswith(("_tradeoff.png", "_bcrit.png"))] if out.is_dir() else []
+    return [*REPORT_FILES, *extra]
+
+
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                 n_bootstrap: int = DEFAULT_BOOTSTRAP, holdout_budgets: int = 1, seed: int = 0) -> Path:
-    """Write report.md, report.html, fits.json and the figures into ``out_dir`` (default RUNS_DIR/report)."""
+                 n_bootstrap: int = DEFAULT_BOOTSTRAP, holdout_budgets: int = 1, seed: int = 0,
+                 force: bool = False) -> Path:
+    """Write report.md, report.html, fits.json and the figures into ``out_dir`` (default RUNS_DIR/report).
+
+    Built in a temporary directory and swapped in by name (:func:`scalinglab.outdir.swap_in`): an
+    ``out_dir`` that is not a report directory (e.g. the runs themselves) is refused unless ``force``,
+    and even then only the report's own files are written into it."""
+    from scalinglab.outdir import check_out_dir, swap_in
+
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: no such runs directory")
     out = Path(out_dir) if out_dir else runs_dir / "report"
-    with built_in_temp_dir(out) as tmp:
+    ours = check_out_dir(out, "report", owned=_report_owned(out), force=force)
+    tmp = temp_dir_beside(out)
+    try:
         doc, fits = build_report(runs_dir, tmp, n_bootstrap=n_bootstrap, holdout_budgets=holdout_budgets, seed=seed)
         atomic_write_text(tmp / "report.md", to_markdown(doc, tmp))
         atomic_write_text(tmp / "report.html", to_html(doc, "scalinglab report"))
         atomic_write_json(tmp / "fits.json", json_safe(fits, drop_keys=("bootstrap_samples",)))
+        swap_in(tmp, out, "report", mark=ours)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -224,6 +224,9 @@ TRAIN_SCHEMA = Schema("train", Part(TrainConfig))
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Return ``cfg`` if it is a runnable config, else raise UserError (no device access)."""
+    from scalinglab.checks import check_field_types
+
+    check_field_types(cfg, "train")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if cfg.wsd_decay_shape not in WSD_SHAPES:

@@ -74,19 +74,24 @@ def ensure_prepared(dataset: str, data_dir: str | None, log, config: dict | None
 
 
 def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None = None,
-             log=lambda s: print(s, file=sys.stderr, flush=True), resolved_config: dict | None = None) -> Path:
-    """Run the whole demo into ``out``; returns the report directory.
+             log=lambda s: print(s, file=sys.stderr, flush=True), resolved_config: dict | None = None,
+             force: bool = False) -> Path:
+    """Run the whole demo into ``out`` (``out/ladder``, ``out/ladder/sweep``, ``out/report``); returns
+    the report directory. An ``out`` that is not a demo directory is refused unless ``force``.
 
     ``resolved_config``: the command's settings, written as ``out/config.yaml`` once the data is ready.
     """
+    from scalinglab.outdir import check_out_dir, mark_out_dir
     from scalinglab.scaling.report import write_report
     from scalinglab.train.ladder import run_ladder
     from scalinglab.train.sweep import run_sweep
 
     t0 = time.perf_counter()
     out = Path(out)
+    ours = check_out_dir(out, "demo", owned=("ladder", "report", RESOLVED_CONFIG), force=force)
     dataset, config = SYNTHETIC_DATASET if synthetic else ("local_text", None)
     ds = ensure_prepared(dataset, data_dir, log, config)
+    mark_out_dir(out, "demo", ours)
     if resolved_config is not None:
         write_config_file(out / RESOLVED_CONFIG, resolved_config)
     spec = dataclasses.replace(DEMO_SPEC, vocab_size=int(ds.vocab_size))
@@ -119,6 +124,7 @@ class DemoOptions:
     synthetic: bool = option(
         False, "use the synthetic Markov source (known entropy rate) instead of the stdlib corpus")
     out: str | None = option(None, "output directory (default runs/demo; runs/demo-synthetic with --synthetic)")
+    force: bool = option(False, "run into an --out that is not a demo directory (nothing in it is replaced)")
 
 
 SCHEMA = Schema("demo", Part(DemoOptions, section="demo"), Part(TrainConfig, include=("data_dir",)))
@@ -130,7 +136,8 @@ def _demo(args: argparse.Namespace) -> int:
     data: TrainConfig = SCHEMA.build(TrainConfig, values)
     out = opts.out or ("runs/demo-synthetic" if opts.synthetic else "runs/demo")
     resolved = SCHEMA.dump(dataclasses.replace(opts, out=out), data)
-    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved)
+    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved,
+                      force=opts.force)
     print(report / "report.md")
     return 0
 

@@ -166,6 +166,7 @@ def run_ladder(
     train_fn: Callable[[TrainConfig], dict] | None = None,
     log: Callable[[str], None] = lambda s: sys.stderr.write(s + "\n"),
     resolved_config: Mapping[str, Any] | None = None,
+    force: bool = False,
     **train_kwargs: Any,
 ) -> list[dict]:
     """Train every planned run that is not finished; returns the summaries of the ladder runs.
@@ -176,14 +177,19 @@ def run_ladder(
     (listed in ``plan.json``'s ``lr_search`` like the grid). ``train_kwargs`` go to
     :class:`TrainConfig` (dataset, data_dir, seed, dtype, eval_every...). ``resolved_config``: the
     command's settings, written as ``config.yaml`` beside ``plan.json``.
+    ``force``: train into an ``out_dir`` that is not a ladder directory (see :mod:`scalinglab.outdir`).
     """
+    from scalinglab.outdir import check_out_dir, mark_out_dir
+
     if train_fn is None:
         from scalinglab.train.loop import train as train_fn
     if any(r.lr is None for r in runs) and not search_runs:
         raise UserError("the ladder's learning rates are pending an lr search, but no search runs were given")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = check_out_dir(out_dir, "ladder", signature="plan.json", force=force)
+    check_plan_unchanged(out_dir, [*search_runs, *runs], train_kwargs)
     check_plan_compatible(out_dir, [*search_runs, *runs])
+    mark_out_dir(out_dir, "ladder", ours)
     if resolved_config is not None:
         write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
 
@@ -216,6 +222,7 @@ def run_ladder(
         # a search run is only judged by its final eval loss: no evals along the way
         kwargs = {**train_kwargs, "eval_every": 0} if run.role == "search" else train_kwargs
         summary = train_fn(train_config_for(run, out_dir, **kwargs))
+        stop_if_signalled(summary, f"ladder run {run.name}")  # never start the next run after a signal
         progress.record(run, time.perf_counter() - t0)
         return summary
 

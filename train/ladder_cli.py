@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from typing import Any, Mapping
 
@@ -31,6 +32,7 @@ class LadderOptions:
     throughput: float | None = option(None, "FLOP/s used for the time estimate")
     out: str = option("runs/ladder", "ladder directory (one run dir per planned run)")
     allow_repeat: bool = option(False, "let a --ladder-preset run read its dataset more than once (default: refuse)")
+    force: bool = option(False, "train into an --out that is not a ladder directory (nothing in it is replaced)")
 
 
 # TrainConfig fields the plan sets for each run; every other one applies to all runs of the ladder.
@@ -96,6 +98,10 @@ def _check_repeats(opts: LadderOptions, dataset: str, runs, epochs, ds) -> None:
 def _ladder(args: argparse.Namespace) -> int:
     values = SCHEMA.values(args)
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
+    if not args.dry_run:  # a bad --out is refused before planning (run_ladder checks again)
+        from scalinglab.outdir import check_out_dir
+
+        check_out_dir(opts.out, "ladder", signature="plan.json", force=opts.force)
     spec, extra = _spec(values, opts)
     if "preset" in extra:  # the preset's dtype, mesh, remat and accumulation, unless given
         values = {**extra["preset"].train_kwargs(), **values}
@@ -115,6 +121,8 @@ def _ladder(args: argparse.Namespace) -> int:
     epochs = run_epochs([*search, *runs], None if ds is None else ds.n_tokens("train"))
     _check_repeats(opts, shared.dataset, [*search, *runs], epochs, ds)
     flops_per_s = opts.throughput
+    if flops_per_s is not None and not (flops_per_s > 0 and math.isfinite(flops_per_s)):
+        raise UserError(f"--throughput is FLOP/s and must be positive, got {flops_per_s:g}")
     if flops_per_s is None and "preset" in extra:
         flops_per_s = extra["preset"].peak_flops_per_s * extra["preset"].assumed_mfu
     if args.dry_run:
@@ -127,6 +135,7 @@ def _ladder(args: argparse.Namespace) -> int:
     from scalinglab.train.ladder import run_ladder
 
     summaries = run_ladder(runs, opts.out, search_runs=search, extend_search=spec.lr_search_extend, resolved_config=SCHEMA.dump(opts, spec, shared),
+                           force=opts.force,
                            **SCHEMA.fields_of(TrainConfig, values))
     if args.json:
         emit_json(summaries)
@@ -137,6 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ladder", help="plan and train a size ladder (IsoFLOP or sizes × tokens)")
     SCHEMA.add_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
+    p.add_argument("--force", action="store_true",
+                   help="train into an --out that is not a ladder directory (nothing in it is replaced)")
     p.add_argument("--json", action="store_true", help="JSON output (with --dry-run: the planned runs)")
     p.set_defaults(func=_ladder)
 

@@ -43,6 +43,9 @@ from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps
 
+# Everything a run directory may hold (an existing directory holding anything else is not a run).
+RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "tb")
+
 
 class _Preemption:
     """SIGTERM → a flag the loop polls; the previous handler is restored on exit."""
@@ -198,6 +201,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.out)
     if (run_dir / SUMMARY_FILE).exists() and cfg.resume:
         return read_json(run_dir / SUMMARY_FILE)
+    from scalinglab.outdir import check_out_dir
+
+    check_out_dir(run_dir, "run", owned=RUN_DIR_FILES, signature=CONFIG_FILE, force=None)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if not cfg.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume or choose a new --out")

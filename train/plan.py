@@ -211,6 +211,16 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
     for label, values in (("budget", spec.budgets), ("size", spec.sizes), ("token budget", spec.tokens)):
         if any(not (v > 0 and math.isfinite(v)) for v in values):
             raise UserError(f"every {label} must be a positive number")
+    if spec.plan == "isoflop" and not spec.sizes and not (spec.size_span > 1 and math.isfinite(spec.size_span)):
+        raise UserError(f"--size-span is N_max/N_min within a budget and must be > 1, got {spec.size_span:g}")
+    for flag, value in (("--tokens-per-param", spec.tokens_per_param), ("--aspect-ratio", spec.aspect_ratio),
+                        ("--lr", spec.lr)):
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be a positive number, got {value:g}")
+    for flag, value in (("--head-dim", spec.head_dim), ("--seq-len", spec.seq_len),
+                        ("--batch-size", spec.batch_size), ("--vocab-size", spec.vocab_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
 
     runs: list[PlannedRun] = []
     seen: set[str] = set()

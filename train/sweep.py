@@ -180,6 +180,7 @@ def run_sweep(
     train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
+    force: bool = False,
     **cadence: int | None,
 ) -> dict[str, Any]:
     """Train (or resume, or skip) every run of the sweep into ``out``; returns ``sweep.json``'s content.
@@ -189,10 +190,15 @@ def run_sweep(
     ``extend_grid`` (grid rule only): up to that many extra runs per batch size beyond an edge optimum.
     ``cadence``: ``log_every``, ``eval_every``, ``checkpoint_every`` for :func:`plan_sweep`.
     ``resolved_config``: the command's settings, written as ``config.yaml`` beside ``sweep.json``.
+    ``force``: train into an ``out`` that is not a sweep directory (see :mod:`scalinglab.outdir`).
+    A sweep.json whose runs never started training (a failed start) does not bind: it is replaced.
     """
     if extend_grid < 0:
         raise UserError(f"--extend-grid must be >= 0, got {extend_grid}")
+    from scalinglab.outdir import check_out_dir, mark_out_dir, run_started
+
     out = Path(out)
+    ours = check_out_dir(out, "batch-sweep", signature=SWEEP_FILE, force=force)
     meta_path = out / SWEEP_FILE
     settings = _settings(base, lr_rule, base_batch, lr_grid)
     meta: dict[str, Any] = {"kind": "batch-sweep", "batch_sizes": [], "lr_rule": lr_rule, "runs": {},
@@ -205,9 +211,13 @@ def run_sweep(
             raise UserError(f"{meta_path} is not valid JSON; remove it or choose a new --out") from None
         if not isinstance(old, dict) or old.get("kind") != "batch-sweep":
             raise UserError(f"{meta_path} exists but is not a batch sweep; choose a new --out")
-        if old.get("settings") != settings:
+        started = any(run_started(out / str(d)) for d in (old.get("runs") or {}).values()) or any(
+            run_started(d) for d in out.iterdir() if d.is_dir())
+        if old.get("settings") != settings and started:
             diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
             raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
+        if not started:
+            old = {}
         kept = ("runs", "lr", "candidates", "grid", "extended")
         meta.update({k: old[k] for k in kept if isinstance(old.get(k), dict)})
         meta["batch_sizes"] = list(old.get("batch_sizes") or [])
@@ -215,6 +225,7 @@ def run_sweep(
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
     runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out,
                       **cadence)
+    mark_out_dir(out, "batch-sweep", ours)
     warmup = runs[0].config.warmup
     meta["warmup"] = warmup
     meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})

@@ -31,6 +31,7 @@ class SweepOptions:
         "lr 2x beyond it, up to K times per batch size (K defaults to 2 when the flag is given alone)",
         metavar="K", const=2)
     out: str | None = option(None, "sweep directory")
+    force: bool = option(False, "train into an --out that is not a sweep directory (nothing in it is replaced)")
     log_every: int | None = option(None, "metrics cadence in steps (default: 500 records per run)")
     eval_every: int | None = option(None, "eval cadence in steps (default: 20 evals per run)")
     checkpoint_every: int | None = option(None, "checkpoint cadence (default: 10 per run)")
@@ -66,6 +67,7 @@ def _handler(args: argparse.Namespace) -> int:
         lr_grid=opts.lr_grid, extend_grid=opts.extend_grid, log=lambda msg: print(msg, file=sys.stderr, flush=True),
         log_every=opts.log_every, eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every,
         resolved_config=SCHEMA.dump(opts, base),
+        force=opts.force,
     )
     if args.json:
         emit_json(meta)
