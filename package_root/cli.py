@@ -12,11 +12,12 @@ import argparse
 import errno
 import importlib
 import json
+import os
 import sys
 from typing import Any, Sequence
 
 from scalinglab import compile_cache
-from scalinglab.errors import UserError
+from scalinglab.errors import Interrupted, UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         sys.stderr.write(f"scalinglab {args.command}: error: {e}\n")
         return 2
+    except Interrupted as e:
+        sys.stderr.write(f"scalinglab {args.command}: {e}\n")
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("scalinglab: interrupted\n")
         return 130
@@ -101,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rc is None:
             raise
         sys.stderr.write(f"scalinglab {args.command}: error: {describe_os_error(e)}\n")
+        if rc == 1 and argv is None:  # the command line itself: skip the interpreter shutdown, where
+            sys.stderr.flush()  # orbax's abandoned writer threads would print their own tracebacks
+            sys.stdout.flush()
+            os._exit(rc)
         return rc
     return int(rc or 0)
 
@@ -109,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                 errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
 # Resource exhaustion (disk full, quota): one line, exit 1 (the run's last checkpoint stays valid).
-_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ETIMEDOUT}
 
 
 def os_error_exit_code(e: BaseException) -> int | None:
@@ -129,7 +137,7 @@ def describe_os_error(e: BaseException) -> str:
     """One line for an OSError: what failed and on which path (``disk full`` for ENOSPC)."""
     while not (isinstance(e, OSError) and e.errno is not None) and (e.__cause__ or e.__context__):
         e = e.__cause__ or e.__context__
-    if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {e.filename}" if e.filename else ""
         return f"disk full{where} ({e.strerror}); free space and rerun (the last checkpoint is intact)"
     if isinstance(e, OSError):

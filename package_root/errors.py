@@ -7,3 +7,29 @@ class UserError(Exception):
     The CLI prints ``scalinglab: error: <message>`` on stderr and exits with code 2;
     no traceback, no partial output files.
     """
+
+
+class Interrupted(Exception):
+    """A SIGTERM or SIGINT stopped the work after the current run was checkpointed.
+
+    The CLI prints one line and exits with ``128 + signum`` (143 for SIGTERM, 130 for SIGINT);
+    ladders and sweeps never start their next run after one.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def stop_if_signalled(summary: dict, what: str) -> None:
+    """Raise :class:`Interrupted` when a run's result says a signal stopped (or arrived during) it."""
+    signum = summary.get("signal") if isinstance(summary, dict) else None
+    if signum:
+        step = summary.get("steps")
+        raise Interrupted(int(signum), f"stopped by signal {int(signum)} during {what}"
+                                       f"{f' (checkpoint at step {step})' if step is not None else ''}; "
+                                       f"rerun the same command to resume")

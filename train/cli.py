@@ -34,6 +34,9 @@ def _handler(args: argparse.Namespace) -> int:
 
     progress = False if args.no_progress else None
     summary = train(cfg, progress=progress)
+    from scalinglab.errors import stop_if_signalled
+
+    stop_if_signalled(summary, f"run {cfg.out}")
     if args.json:
         emit_json(summary)
     elif summary.get("status") == "complete":

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from scalinglab.errors import UserError
+from scalinglab.errors import UserError, stop_if_signalled
 from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN_FILE, RESOLVED_CONFIG, SUMMARY_FILE,
                                finite_or, is_complete)
@@ -155,6 +155,39 @@ def resolve_lrs(runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun],
     warnings = [f"lr search: the best lr of N={s['non_embedding']:,} is at the edge of the grid ({s['best_lr']:.3g}); "
                 "widen --lr-grid" for s in sizes if s["at_edge"]]
     return resolved, {"sizes": sizes, "law": law, "warnings": warnings}
+
+
+def check_plan_unchanged(out_dir: Path, runs: Sequence[PlannedRun], train_kwargs: dict[str, Any]) -> None:
+    """Refuse a rerun whose plan changes a run that has started (its lr, seed, steps...), before
+    anything is written.
+
+    A plan whose runs never started (a failed start) binds nothing: it is replaced."""
+    from scalinglab.outdir import run_started
+    from scalinglab.train.identity import plan_diff, train_kwargs_diff
+
+    requested = [r.to_dict() for r in runs]
+    path = out_dir / "plan.json"
+    if not path.exists():
+        return
+    try:
+        old = read_json(path)
+        old_runs = [r for r in [*old.get("runs", []), *old.get("lr_search", [])] if isinstance(r, dict)]
+        old_train = old.get("train") or {}
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{path} is unreadable; move it away or choose another --out") from None
+    started = [r["name"] for r in old_runs if run_started(out_dir / str(r.get("name")))]
+    if not started:
+        return
+    diff = [d for d in plan_diff(old_runs, requested) if d.split(".", 1)[0] in started]
+    diff += [f"train.{k}" for k in train_kwargs_diff(old_train, {k: _jsonish(v) for k, v in train_kwargs.items()})]
+    if diff:
+        raise UserError(f"{out_dir} holds a ladder whose started runs were planned otherwise; this rerun changes "
+                        f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Use another --out")
+
+
+def _jsonish(v: Any) -> Any:
+    """``v`` as it reads back from JSON (tuples become lists)."""
+    return [_jsonish(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def run_ladder(

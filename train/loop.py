@@ -36,35 +36,50 @@ from scalinglab.models.config import get_config
 from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RESOLVED_CONFIG, SUMMARY_FILE, read_metrics
 from scalinglab.train import checkpoint as ckpt_lib
 from scalinglab.train import metrics as metrics_lib
+from scalinglab.train import memory
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.data_feed import ProcessBatches
+from scalinglab.train.diskfull import quiet_background_errors
 from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps
 
 # Everything a run directory may hold (an existing directory holding anything else is not a run).
-RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "tb")
+RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "tb", "lock.json")
 
 
 class _Preemption:
-    """SIGTERM → a flag the loop polls; the previous handler is restored on exit."""
+    """SIGTERM or SIGINT → a flag the loop polls (it checkpoints and stops at the next step);
+    a second SIGINT while stopping raises KeyboardInterrupt at once. Previous handlers are
+    restored on exit. ``signum``: the first signal received (None if none)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = int(signum)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def _any_process(flag: bool) -> bool:
@@ -123,6 +138,21 @@ def _config_json(cfg: TrainConfig, model_cfg, ds) -> dict[str, Any]:
             },
         },
     }
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``config.json`` (None when absent); UserError when it is unreadable."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable, so the resumed run cannot be checked against it; "
+                        f"restore it or start a new --out") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a run config; restore it or start a new --out")
+    return saved
 
 
 def _branch_config(cfg: TrainConfig) -> TrainConfig:
@@ -190,10 +220,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
 
     ``progress``: show a tqdm bar (None → only when stderr is a TTY).
     Returns ``summary.json``'s content when the run completed; a dict with
-    ``status: "preempted"`` after SIGTERM (a checkpoint was saved; rerun with resume).
+    ``status: "preempted"`` and ``signal`` after SIGTERM/SIGINT (a checkpoint was saved; rerun with
+    resume); a completed run that received a signal carries ``signal`` too (callers stop there).
     Raises UserError on bad input or after ``max_bad_steps`` consecutive non-finite steps.
     """
-    from scalinglab.data import pipeline  # imported lazily: only the loop needs the data stack
+    from scalinglab.outdir import check_out_dir
+    from scalinglab.runlock import RunLock
 
     cfg = validate(cfg)
     if cfg.branch_from is not None:
@@ -201,21 +233,62 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.out)
     if (run_dir / SUMMARY_FILE).exists() and cfg.resume:
         return read_json(run_dir / SUMMARY_FILE)
-    from scalinglab.outdir import check_out_dir
-
     check_out_dir(run_dir, "run", owned=RUN_DIR_FILES, signature=CONFIG_FILE, force=None)
+    if jax.process_index() != 0:  # process 0 holds the run's lock for all
+        return _train(cfg, progress)
+    created = not run_dir.exists()
+    lock = RunLock(run_dir).acquire()  # a second trainer of this run dir is refused, naming the holder
+    try:
+        return _train(cfg, progress)
+    except BaseException:
+        from scalinglab.outdir import run_started
+
+        if created and not run_started(run_dir):  # a run that never started leaves no directory behind
+            import shutil  # (it did not exist before this call: everything in it is ours)
+
+            lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
+    """:func:`train` once the run directory is ours (locked)."""
+    from scalinglab.data import pipeline  # imported lazily: only the loop needs the data stack
+    from scalinglab.outdir import run_started
+    from scalinglab.train.identity import check_resume
+
+    run_dir = Path(cfg.out)
+    if (run_dir / SUMMARY_FILE).exists() and cfg.resume:  # finished while we waited for the lock
+        return read_json(run_dir / SUMMARY_FILE)
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    if not cfg.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise UserError(f"{run_dir} already holds checkpoints; pass --resume or choose a new --out")
+    started = run_started(run_dir)
+    if not cfg.resume and started:
+        raise UserError(f"{run_dir} already holds a run; pass --resume or choose a new --out")
 
     ds = pipeline.load_dataset(cfg.dataset, cfg.data_dir)
     model_cfg = _resolve_model(cfg, ds)
+    requested = _config_json(cfg, model_cfg, ds)
+    if started:  # before anything is written: a resume may not change what the run is
+        check_resume(run_dir, requested, _saved_config(run_dir))
     n_proc, pid = jax.process_count(), jax.process_index()
     epochs = _epochs(cfg, ds)
     if pid == 0 and epochs > 1:
         sys.stderr.write(f"note: this run reads the train split of {cfg.dataset} {epochs:.2f} times "
                          f"({ds.n_tokens('train'):,} tokens): the data repeats\n")
-    program = build_program(cfg, model_cfg)
+    shape = cfg.mesh_shape(jax.device_count(), n_proc)
+    cpu = jax.default_backend() == "cpu"
+    mem = memory.check_fits(model_cfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, grad_accum=cfg.grad_accum,
+                            dtype=cfg.dtype, what=f"run {run_dir}",
+                            shards=1 if cpu else shape["data"] * shape["fsdp"],
+                            model_shards=1 if cpu else shape["fsdp"] * shape["tensor"])
+    try:
+        program = build_program(cfg, model_cfg)
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is explained, the rest re-raised
+        if memory.is_oom(e):
+            raise memory.explain_oom(e, mem, f"run {run_dir}") from None
+        raise
     eval_np = pipeline.make_eval_batches(ds, seq_len=cfg.seq_len, batch_size=program.eval_batch_size,
                                          n_batches=cfg.eval_batches)
     rows = program.eval_batch_size // n_proc
@@ -234,14 +307,15 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     )
     if pid == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, _config_json(cfg, program.model_cfg, ds))
+        atomic_write_json(run_dir / CONFIG_FILE, requested)
         write_config_file(run_dir / RESOLVED_CONFIG, TRAIN_SCHEMA.dump(cfg))
     ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints, keep_steps=_wsd_keep_steps(cfg))
     try:
         start = _start(cfg, program, ckpt)
         if start.extra.get("data") is not None:
             it.set_global_state(start.extra["data"])
-        summary = _run(cfg, program, start, it, ckpt, evaluate, progress, epochs)
+        with quiet_background_errors():  # a full disk: one DiskFull here, not orbax's thread tracebacks
+            summary = _run(cfg, program, start, it, ckpt, evaluate, progress, epochs)
     finally:
         ckpt.close()
         it.close()
@@ -309,10 +383,16 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
     last_eval = extra.get("last_eval_loss")
     last_loss = None
     status = "complete"
+    signum = None
+
+    saved = {"step": start_step}
 
     def save(step: int) -> None:
+        if saved["step"] == step:  # a signal right after a scheduled save: that checkpoint is this step
+            return
         ckpt.save(step, state, {"data": it.global_state(), "step": step, "seed": cfg.seed,
                                 "best_eval_loss": best_eval, "last_eval_loss": last_eval})
+        saved["step"] = step
 
     window_t0, window_steps = time.perf_counter(), 0
     try:
@@ -374,13 +454,15 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
                     save(done)
                     ckpt.wait()
                     status = "preempted"
-                    sys.stderr.write(f"SIGTERM: saved checkpoint at step {done}; rerun with --resume\n")
+                    name = signal.Signals(preempt.signum or signal.SIGTERM).name
+                    sys.stderr.write(f"{name}: saved checkpoint at step {done}; rerun with --resume\n")
                     break
+            signum = preempt.signum  # a signal during the last step or the final save still counts
     finally:
         ckpt.wait()
         writer.close()
     if status != "complete":
-        return {"status": status, "steps": done}
+        return {"status": status, "steps": done, "signal": signum or int(signal.SIGTERM)}
     summary = {
         "status": "complete",
         "steps": total_steps,
@@ -397,4 +479,6 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
     }
     if is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    if signum:  # the run finished, but the caller must stop (not start the next run)
+        return {**summary, "signal": signum}
     return summary

@@ -14,12 +14,54 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scalinglab.fileio import atomic_write_text, json_safe
-from scalinglab.rundir import METRICS_FILE, TENSORBOARD_DIR, read_metrics
+from scalinglab.rundir import METRICS_FILE, TENSORBOARD_DIR, read_metrics  # noqa: F401 (re-exported)
+
+
+def _records_and_bad_lines(path: str | Path, bad_lines: list[int]) -> list[dict[str, Any]]:
+    """Like :func:`scalinglab.rundir.read_metrics`, but a corrupt line is listed in ``bad_lines``
+    (1-based) and skipped instead of raised: resume reports it and keeps the original file."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+        elif i < len(lines) and line.strip():
+            bad_lines.append(i)
+    return records
+
 
 def truncate_metrics(path: str | Path, max_step: int) -> None:
-    """Keep only records with ``step ≤ max_step`` (atomic rewrite)."""
-    kept = [r for r in read_metrics(path) if int(r.get("step", -1)) <= max_step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    """Keep only records with ``step ≤ max_step`` (atomic rewrite), in step order, one per step.
+
+    Corrupt lines are reported (a warning naming them; the original file is kept beside as
+    ``metrics.jsonl.corrupt-<time>``), never dropped silently."""
+    import time
+    import warnings
+
+    bad: list[int] = []
+    records = _records_and_bad_lines(path, bad)
+    if bad:
+        keep = Path(f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        keep.write_bytes(Path(path).read_bytes())
+        warnings.warn(f"{path}: {len(bad)} corrupt line(s) ({', '.join(map(str, bad[:5]))}"
+                      f"{' ...' if len(bad) > 5 else ''}) dropped on resume; the original is kept as {keep}",
+                      stacklevel=2)
+    by_step: dict[int, dict[str, Any]] = {}
+    for r in records:
+        try:
+            step = int(r.get("step", -1))
+        except (TypeError, ValueError):
+            continue
+        if step <= max_step:
+            by_step[step] = r  # a step logged twice (an old resume) keeps its latest record
+    atomic_write_text(path, "".join(json.dumps(by_step[k]) + "\n" for k in sorted(by_step)))
 
 
 class MetricsWriter:

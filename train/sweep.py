@@ -36,7 +36,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from scalinglab.errors import UserError
+from scalinglab.errors import UserError, stop_if_signalled
 from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.rundir import RESOLVED_CONFIG, SUMMARY_FILE, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
@@ -141,6 +141,17 @@ def sweep_run(
     return SweepRun(batch_size, lr, subdir, validate(cfg))
 
 
+def check_all_fit(runs: Sequence[SweepRun]) -> None:
+    """UserError (exit 2) naming the first batch size whose run cannot fit in memory, before any trains."""
+    from scalinglab.models.config import get_config
+    from scalinglab.train.memory import check_fits
+
+    for r in sorted(runs, key=lambda r: -r.batch_size):
+        c = r.config
+        check_fits(get_config(c.preset, c.overrides), batch_size=c.batch_size, seq_len=c.seq_len,
+                   grad_accum=c.grad_accum, dtype=c.dtype, what=f"batch size {r.batch_size} ({r.subdir})")
+
+
 def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: Sequence[float]) -> dict[str, Any]:
     d = base.to_dict()
     s = {k: d[k] for k in _FINGERPRINT}
@@ -225,6 +236,8 @@ def run_sweep(
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
     runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out,
                       **cadence)
+    if train_fn is None:
+        check_all_fit(runs)  # every batch size before training any, before writing anything
     mark_out_dir(out, "batch-sweep", ours)
     warmup = runs[0].config.warmup
     meta["warmup"] = warmup
@@ -251,6 +264,7 @@ def run_sweep(
         log(f"[batch-sweep] {r.subdir}: {state} (B={r.batch_size}, lr={r.lr:.4g}, "
             f"{r.config.total_steps()} steps, warmup {r.config.warmup})")
         summary = train_fn(r.config)
+        stop_if_signalled(summary, f"batch-sweep run {r.subdir}")  # never start the next run after a signal
         if summary.get("status") != "complete":
             atomic_write_json(meta_path, meta)
             raise UserError(f"run {r.subdir} stopped ({summary.get('status')}); rerun batch-sweep to resume")

@@ -1,0 +1,136 @@
+"""Disk full during training: one clear error instead of orbax's background-thread tracebacks and hangs.
+
+* :func:`is_disk_full` recognises ENOSPC/EDQUOT however it arrives (an ``OSError``, or orbax's
+  ``ValueError: RESOURCE_EXHAUSTED ... No space left on device [os_error_code='28']``);
+* :func:`translate` turns it into :class:`DiskFull` (an ``OSError`` with ``errno.ENOSPC``: the CLI
+  prints one line and exits 1);
+* :func:`quiet_background_errors` drops the log records and thread tracebacks that orbax's async
+  writers emit for the same failure (remembered in :data:`seen`, re-raised by the main thread);
+* :func:`wait_with_watchdog` bounds a blocking wait (orbax's ``wait_until_finished``), so a save
+  that never finishes ends in an error rather than a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sys
+import threading
+from typing import Any, Callable
+
+_MARKERS = ("No space left on device", "os_error_code='28'", "[Errno 28]", "Disk quota exceeded",
+            "[Errno 122]")
+# Default bound on one checkpoint wait, seconds (env SCALINGLAB_CHECKPOINT_TIMEOUT_S overrides).
+DEFAULT_TIMEOUT_S = 1800.0
+seen: list[str] = []  # disk-full messages swallowed from background threads / logs
+
+
+class DiskFull(OSError):
+    """No space left where the run writes (checkpoints, metrics): exit 1, the last checkpoint intact."""
+
+    def __init__(self, path: Any, detail: str = ""):
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+        self.detail = detail
+
+
+class SaveTimeout(OSError):
+    """A checkpoint save did not finish within the watchdog's bound."""
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or anything in its cause/context chain is a full disk or quota."""
+    visited = set()
+    while e is not None and id(e) not in visited:
+        visited.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(e) for m in _MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def translate(path: Any, fn: Callable[[], Any]) -> Any:
+    """``fn()``, with a full disk re-raised as :class:`DiskFull` naming ``path``."""
+    try:
+        return fn()
+    except DiskFull:
+        raise
+    except Exception as e:  # noqa: BLE001 - only disk-full is translated, the rest re-raised as is
+        if is_disk_full(e):
+            raise DiskFull(path, str(e).splitlines()[0] if str(e) else "") from None
+        raise
+
+
+class _DropDiskFull(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if any(m in msg for m in _MARKERS) or is_disk_full(exc) or (seen and "Event loop is closed" in msg):
+            seen.append(msg.splitlines()[0])
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_background_errors():
+    """While training: orbax's disk-full log records and thread tracebacks are recorded, not printed."""
+    seen.clear()
+    filt = _DropDiskFull()
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "")]
+    for lg in loggers:
+        lg.addFilter(filt)
+    previous_hook = threading.excepthook
+
+    def hook(args):
+        if is_disk_full(args.exc_value) or (seen and isinstance(args.exc_value, RuntimeError)):
+            seen.append(str(args.exc_value).splitlines()[0] if str(args.exc_value) else "disk full")
+            return
+        previous_hook(args)
+
+    def swallow(exc_value) -> bool:
+        if is_disk_full(exc_value) or (seen and isinstance(exc_value, RuntimeError)):
+            seen.append(str(exc_value).splitlines()[0] if str(exc_value) else "disk full")
+            return True
+        return False
+
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = lambda u: swallow(u.exc_value) or previous_unraisable(u)
+    sys.excepthook = lambda t, v, tb: swallow(v) or previous_except(t, v, tb)  # PyErr_Print from C callbacks
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        if not seen:  # after a full disk, orbax's abandoned threads keep failing until the process exits
+            threading.excepthook = previous_hook
+            sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
+            for lg in loggers:
+                lg.removeFilter(filt)
+
+
+def wait_with_watchdog(fn: Callable[[], Any], path: Any, timeout_s: float | None = None) -> None:
+    """Run the blocking ``fn`` in a daemon thread; DiskFull/its error when it fails, SaveTimeout when
+    it has not returned after ``timeout_s`` (the thread is abandoned; the process should exit)."""
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("SCALINGLAB_CHECKPOINT_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    box: dict[str, BaseException] = {}
+
+    def target():
+        try:
+            translate(path, fn)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="checkpoint-wait", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        if seen:
+            raise DiskFull(path, seen[0])
+        raise SaveTimeout(errno.ETIMEDOUT, f"checkpoint save did not finish within {timeout_s:.0f} s", str(path))
+    if "error" in box:
+        raise box["error"]
+    if seen:
+        raise DiskFull(path, seen[0])
