@@ -54,7 +54,7 @@ tensorboard: venv
 	"$(UV)" run --frozen --python 3.11 --extra tensorboard tensorboard --logdir $(LOGDIR)
 
 # README.md is assembled from docs/readme/*.md (each part owns its section).
-README_PARTS := intro models data corpus train scaling critical_batch ladder accelerators
+README_PARTS := intro models data corpus train scaling critical_batch ladder accelerators reliability
 readme:
 	cat $(foreach p,$(README_PARTS),docs/readme/$(p).md) > README.md
 

@@ -146,8 +146,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ladder", help="plan and train a size ladder (IsoFLOP or sizes × tokens)")
     SCHEMA.add_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
-    p.add_argument("--force", action="store_true",
-                   help="train into an --out that is not a ladder directory (nothing in it is replaced)")
     p.add_argument("--json", action="store_true", help="JSON output (with --dry-run: the planned runs)")
     p.set_defaults(func=_ladder)
 

@@ -46,7 +46,8 @@ from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps
 
 # Everything a run directory may hold (an existing directory holding anything else is not a run).
-RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "tb", "lock.json")
+RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "checkpoints.corrupt", "tb", "lock.json",
+                 "config.yaml")
 
 
 class _Preemption:

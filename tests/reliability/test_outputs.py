@@ -126,7 +126,8 @@ def test_ladder_and_sweep_refuse_foreign_out_before_anything(tmp_path):
     from scalinglab.train.plan import LadderSpec, plan_ladder
     from scalinglab.train.sweep import run_sweep
 
-    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16))
+    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
+                                  lr_protocol="fixed"))
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("keep")
@@ -148,7 +149,8 @@ def test_ladder_force_keeps_foreign_files_and_marks_nothing(tmp_path):
     from scalinglab.train.ladder import run_ladder
     from scalinglab.train.plan import LadderSpec, plan_ladder
 
-    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16))
+    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
+                                  lr_protocol="fixed"))
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("keep")

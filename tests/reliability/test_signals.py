@@ -33,7 +33,8 @@ except Interrupted as e:
 def _runs(n=3):
     from scalinglab.train.plan import LadderSpec, plan_ladder
 
-    return plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16))[:n]
+    return plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
+                                  lr_protocol="fixed"))[:n]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
