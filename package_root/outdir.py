@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, temp_dir_beside

@@ -155,7 +155,7 @@ class RunLock:
             self.path.write_text(json.dumps(info))
 
     # ---- API
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, taking over a stale one; LockHeld (exit 2, names the owner) otherwise."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
@@ -255,7 +255,7 @@ class RunLock:
                 except FileNotFoundError:
                     pass
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

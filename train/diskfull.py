@@ -18,7 +18,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _MARKERS = ("No space left on device", "os_error_code='28'", "[Errno 28]", "Disk quota exceeded",
             "[Errno 122]")

@@ -15,8 +15,9 @@ A run that never trained (it failed before its first step) binds nothing and is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from scalinglab.errors import UserError
 

@@ -37,6 +37,7 @@ from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RESOLVE
 from scalinglab.train import checkpoint as ckpt_lib
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import memory
+from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
 from scalinglab.train.config_file import write_config_file

@@ -40,7 +40,8 @@ def _cli(*argv):
 def test_huge_context_train_refused_fast_and_leaves_no_run_dir(tmp_path, data_dir):
     run = tmp_path / "run"
     p = _cli("train", "--preset", "gpt2-tiny", "--set", "n_ctx=65536", "--seq-len", "65536", "--batch-size", "64",
-             "--steps", "2", "--dataset", "synthetic_markov", "--data-dir", data_dir, "--out", str(run), "--no-progress")
+             "--steps", "2", "--dataset", "synthetic_markov", "--data-dir", data_dir, "--out", str(run),
+             "--no-progress")
     errors = [ln for ln in p.stderr.splitlines() if "error" in ln]  # (a note on data repeats may precede it)
     assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "GiB" in errors[0] and "--grad-accum" in errors[0]
