@@ -35,7 +35,6 @@ from scalinglab.models import accounting
 from scalinglab.models.config import get_config
 from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RESOLVED_CONFIG, SUMMARY_FILE, read_metrics
 from scalinglab.train import checkpoint as ckpt_lib
-from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import memory
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
