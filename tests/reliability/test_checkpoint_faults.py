@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from scalinglab.errors import UserError
-from scalinglab.train.checkpoint import Checkpointer, abstract_like
+from scalinglab.train.checkpoint import Checkpointer
+
+
+def abstract_like(tree):
+    """ShapeDtypeStruct pytree for restoring into the layout of ``tree``."""
+    import jax
+
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
 def _state(v):
