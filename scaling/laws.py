@@ -89,7 +89,7 @@ _AXIS = {"params": "N", "tokens": "D", "flops": "C"}
 def require_identifiable(table: RunTable, law: str) -> None:
     """UserError ("cannot identify") when the rows cannot determine ``law``'s parameters: too few
     distinct N, D or C (e.g. 20 identical rows, or every row sharing one N) or a constant loss."""
-    for axis, need in _DISTINCT[law].items():
+    for axis, need in _DISTINCT.get(law, {}).items():
         values = np.asarray(getattr(table, axis), dtype=float)
         have = len(np.unique(values[np.isfinite(values)]))
         if have < need:
