@@ -37,8 +37,9 @@ from scalinglab.scaling.bootstrap import resample_counts
 PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
-def isoflop_table(n_budgets: int = 10, n_per_budget: int = 25, sigma: float = 0.01, seed: int = 0,
-                  law: dict | None = None) -> dict[str, np.ndarray]:
+def isoflop_table(
+    n_budgets: int = 10, n_per_budget: int = 25, sigma: float = 0.01, seed: int = 0, law: dict | None = None
+) -> dict[str, np.ndarray]:
     """``{"params", "tokens", "flops", "loss"}``: n_budgets FLOP budgets 1e18..1e22, each with
     n_per_budget model sizes spanning ±0.75 decades around 20 tokens/parameter."""
     law = law or PUBLISHED
@@ -78,19 +79,46 @@ def cli_processes(table: dict[str, np.ndarray], *, n_bootstrap: int, quick: bool
     boot_starts = inspect.signature(chinchilla.fit_approach3).parameters["bootstrap_starts"].default
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "table.csv"
-        csv.write_text("params,tokens,loss\n" + "".join(
-            f"{n:.17g},{d:.17g},{l:.17g}\n" for n, d, l in zip(table["params"], table["tokens"], table["loss"])))
+        csv.write_text(
+            "params,tokens,loss\n"
+            + "".join(
+                f"{n:.17g},{d:.17g},{l:.17g}\n" for n, d, l in zip(table["params"], table["tokens"], table["loss"])
+            )
+        )
         np.save(Path(tmp) / "starts.npy", starts)
         env = {k: v for k, v in os.environ.items() if k != "SCALINGLAB_NO_CACHE" and not k.startswith("JAX_")}
         env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
         load_before = os.getloadavg()
-        fit = [sys.executable, "-m", "scalinglab.cli", "fit", str(csv), "--law", "chinchilla", "--starts", grid,
-               "--bootstrap", str(n_bootstrap), "--json"]
+        fit = [
+            sys.executable,
+            "-m",
+            "scalinglab.cli",
+            "fit",
+            str(csv),
+            "--law",
+            "chinchilla",
+            "--starts",
+            grid,
+            "--bootstrap",
+            str(n_bootstrap),
+            "--json",
+        ]
         first = _process(fit, env)
         second = _process(fit, env)
-        scipy = _process([sys.executable, "-m", "scalinglab.benchmarks.scipy_loop", str(csv),
-                          str(Path(tmp) / "starts.npy"), "--bootstrap", str(n_bootstrap),
-                          "--bootstrap-starts", str(boot_starts)], env)
+        scipy = _process(
+            [
+                sys.executable,
+                "-m",
+                "scalinglab.benchmarks.scipy_loop",
+                str(csv),
+                str(Path(tmp) / "starts.npy"),
+                "--bootstrap",
+                str(n_bootstrap),
+                "--bootstrap-starts",
+                str(boot_starts),
+            ],
+            env,
+        )
         load_after = os.getloadavg()
     import json
 
@@ -99,8 +127,10 @@ def cli_processes(table: dict[str, np.ndarray], *, n_bootstrap: int, quick: bool
     return {
         "command": " ".join(["scalinglab", fit[3], "CSV", *fit[5:]]),
         "reference_command": "python -m scalinglab.benchmarks.scipy_loop CSV STARTS.npy "
-                             f"--bootstrap {n_bootstrap} --bootstrap-starts {boot_starts}",
-        "n_starts": int(len(starts)), "n_bootstrap": n_bootstrap, "bootstrap_starts": boot_starts,
+        f"--bootstrap {n_bootstrap} --bootstrap-starts {boot_starts}",
+        "n_starts": int(len(starts)),
+        "n_bootstrap": n_bootstrap,
+        "bootstrap_starts": boot_starts,
         "first": {k: first[k] for k in ("wall_s", "cpu_s")},
         "second": {k: second[k] for k in ("wall_s", "cpu_s")},
         "scipy": {k: scipy[k] for k in ("wall_s", "cpu_s")},
@@ -157,17 +187,35 @@ def run(quick: bool = False) -> dict:
     cli = cli_processes(table, n_bootstrap=n_boot, quick=quick)
     return {
         "cli_processes": cli,
-        "workload": {"n_points": int(n.size), "n_starts": int(len(starts)), "n_bootstrap": n_boot,
-                     "bootstrap_starts_per_resample": 4, "noise_sigma": 0.01, "generator": PUBLISHED},
-        "ours": {"total_s": t_ours, "first_call_s_including_compile": t_first, "fit_only_s": t_fit_only,
-                 "objective": ours["objective"],
-                 "params": {k: ours[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b")},
-                 "ci": ours.get("ci")},
+        "workload": {
+            "n_points": int(n.size),
+            "n_starts": int(len(starts)),
+            "n_bootstrap": n_boot,
+            "bootstrap_starts_per_resample": 4,
+            "noise_sigma": 0.01,
+            "generator": PUBLISHED,
+        },
+        "ours": {
+            "total_s": t_ours,
+            "first_call_s_including_compile": t_first,
+            "fit_only_s": t_fit_only,
+            "objective": ours["objective"],
+            "params": {k: ours[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b")},
+            "ci": ours.get("ci"),
+        },
         "scipy_lbfgsb_loop": {
-            "total_s_extrapolated": t_scipy, "grid_s_extrapolated": t_scipy_grid,
-            "bootstrap_s_extrapolated": t_scipy_boot, "objective": obj_scipy,
-            "timed_subset": {"starts": int(len(sub)), "of_starts": int(len(starts)), "start_stride": stride,
-                             "grid_subset_s": t_sub, "bootstrap_resamples": n_boot_timed, "of_resamples": n_boot},
+            "total_s_extrapolated": t_scipy,
+            "grid_s_extrapolated": t_scipy_grid,
+            "bootstrap_s_extrapolated": t_scipy_boot,
+            "objective": obj_scipy,
+            "timed_subset": {
+                "starts": int(len(sub)),
+                "of_starts": int(len(starts)),
+                "start_stride": stride,
+                "grid_subset_s": t_sub,
+                "bootstrap_resamples": n_boot_timed,
+                "of_resamples": n_boot,
+            },
             "note": "scipy timed on a subset of starts/resamples and extrapolated linearly",
         },
         "objective_abs_diff": abs(ours["objective"] - obj_scipy),
@@ -175,17 +223,28 @@ def run(quick: bool = False) -> dict:
         "speedup": t_scipy / t_ours,
         "speedup_fit_only": t_scipy_grid / t_fit_only,
         "goal": ">= 20x faster at the same optimum",
-        "headline": [{
-            "metric": f"approach 3: {len(starts)} starts + {n_boot} bootstrap refits, 250 points (s)",
-            "ours": t_ours, "reference": t_scipy, "ratio": t_scipy / t_ours, "goal": ">= 20x faster",
-        }, {
-            "metric": f"`{cli['command']}`, whole process, 2nd call (warm compile cache) vs scipy process (s)",
-            "ours": cli["second"]["wall_s"], "reference": cli["scipy"]["wall_s"], "ratio": cli["speedup_second"],
-            "goal": ">= 20x faster",
-        }, {
-            "metric": f"`{cli['command']}`, whole process, 1st call (empty compile cache) vs scipy process (s)",
-            "ours": cli["first"]["wall_s"], "reference": cli["scipy"]["wall_s"], "ratio": cli["speedup_first"],
-        }],
+        "headline": [
+            {
+                "metric": f"approach 3: {len(starts)} starts + {n_boot} bootstrap refits, 250 points (s)",
+                "ours": t_ours,
+                "reference": t_scipy,
+                "ratio": t_scipy / t_ours,
+                "goal": ">= 20x faster",
+            },
+            {
+                "metric": f"`{cli['command']}`, whole process, 2nd call (warm compile cache) vs scipy process (s)",
+                "ours": cli["second"]["wall_s"],
+                "reference": cli["scipy"]["wall_s"],
+                "ratio": cli["speedup_second"],
+                "goal": ">= 20x faster",
+            },
+            {
+                "metric": f"`{cli['command']}`, whole process, 1st call (empty compile cache) vs scipy process (s)",
+                "ours": cli["first"]["wall_s"],
+                "reference": cli["scipy"]["wall_s"],
+                "ratio": cli["speedup_first"],
+            },
+        ],
     }
 
 

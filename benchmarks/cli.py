@@ -41,7 +41,10 @@ def _bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run the side-by-side benchmarks, write benchmarks/results/*.json")
     p.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHMARKS))
-    p.add_argument("--results-dir", default=str(RESULTS_DIR),
-                   help="where the JSON results and SUMMARY.md go (default: %(default)s of the working directory)")
+    p.add_argument(
+        "--results-dir",
+        default=str(RESULTS_DIR),
+        help="where the JSON results and SUMMARY.md go (default: %(default)s of the working directory)",
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the README)")
     p.set_defaults(func=_bench)

@@ -101,16 +101,18 @@ def run(quick: bool = False) -> dict[str, Any]:
         out["pipeline"] = {name: _pipeline_rate(ds, n_batches, repeats) for name, ds in datasets.items()}
     out["train_step"] = _train_rate(n_steps, repeats)
     train_rate = out["train_step"]["tokens_per_s"]
-    out["ratio_pipeline_over_train"] = {
-        name: r["tokens_per_s"] / train_rate for name, r in out["pipeline"].items()
-    }
+    out["ratio_pipeline_over_train"] = {name: r["tokens_per_s"] / train_rate for name, r in out["pipeline"].items()}
     out["target_ratio"] = 10.0
     out["meets_target"] = out["ratio_pipeline_over_train"]["local_text"] >= 10.0  # the default config
-    out["headline"] = [{
-        "metric": f"pipeline tokens/s (local_text, bytes) vs training consumption ({out['train_step']['model']})",
-        "ours": out["pipeline"]["local_text"]["tokens_per_s"], "reference": train_rate,
-        "ratio": out["ratio_pipeline_over_train"]["local_text"], "goal": ">= 10x",
-    }]
+    out["headline"] = [
+        {
+            "metric": f"pipeline tokens/s (local_text, bytes) vs training consumption ({out['train_step']['model']})",
+            "ours": out["pipeline"]["local_text"]["tokens_per_s"],
+            "reference": train_rate,
+            "ratio": out["ratio_pipeline_over_train"]["local_text"],
+            "goal": ">= 10x",
+        }
+    ]
     return out
 
 

@@ -41,8 +41,9 @@ def scipy_objective(x, log_n, log_d, log_l, weights, delta: float = HUBER_DELTA)
     wsum = weights.sum()
     dh = weights * np.clip(r, -delta, delta) / (delta * wsum)
     pu, pv, pe = eu / s, ev / s, ee / s
-    grad = np.array([np.sum(dh * pu), np.sum(dh * pv), np.sum(dh * pe),
-                     -np.sum(dh * pu * log_n), -np.sum(dh * pv * log_d)])
+    grad = np.array(
+        [np.sum(dh * pu), np.sum(dh * pv), np.sum(dh * pe), -np.sum(dh * pu * log_n), -np.sum(dh * pv * log_d)]
+    )
     return float(np.sum(weights * h) / (delta * wsum)), grad
 
 
@@ -52,8 +53,9 @@ def scipy_fit(starts_SP, log_n, log_d, log_l, weights=None, options=None, *, ret
     w = np.ones_like(log_n) if weights is None else np.asarray(weights, np.float64)
     values, xs, best = [], [], None
     for x0 in starts_SP:
-        res = minimize(scipy_objective, x0, args=(log_n, log_d, log_l, w), jac=True, method="L-BFGS-B",
-                       options=options or {})
+        res = minimize(
+            scipy_objective, x0, args=(log_n, log_d, log_l, w), jac=True, method="L-BFGS-B", options=options or {}
+        )
         values.append(res.fun if np.isfinite(res.fun) else np.inf)
         xs.append(res.x)
         if best is None or values[-1] < best.fun:
@@ -97,10 +99,20 @@ def main(argv=None) -> int:
     with open(args.table, newline="") as f:
         rows = list(csv.DictReader(f))
     cols = {k: np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss")}
-    x, f, boot = fit_with_bootstrap(np.log(cols["params"]), np.log(cols["tokens"]), np.log(cols["loss"]),
-                                    np.load(args.starts), args.bootstrap, args.bootstrap_starts)
-    out = {"x": x.tolist(), "objective": f, "fit_s": time.perf_counter() - t0,
-           "ci_alpha": np.percentile(boot[:, 3], [2.5, 97.5]).tolist() if len(boot) else None}
+    x, f, boot = fit_with_bootstrap(
+        np.log(cols["params"]),
+        np.log(cols["tokens"]),
+        np.log(cols["loss"]),
+        np.load(args.starts),
+        args.bootstrap,
+        args.bootstrap_starts,
+    )
+    out = {
+        "x": x.tolist(),
+        "objective": f,
+        "fit_s": time.perf_counter() - t0,
+        "ci_alpha": np.percentile(boot[:, 3], [2.5, 97.5]).tolist() if len(boot) else None,
+    }
     json.dump(out, sys.stdout)
     return 0
 

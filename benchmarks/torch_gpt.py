@@ -47,8 +47,16 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """nanoGPT's GPT: ``forward(idx_BT, targets_BT) -> mean cross-entropy``."""
 
-    def __init__(self, n_layer: int, d_model: int, n_head: int, n_ctx: int, vocab_size: int,
-                 eps: float = 1e-5, init_std: float = 0.02):
+    def __init__(
+        self,
+        n_layer: int,
+        d_model: int,
+        n_head: int,
+        n_ctx: int,
+        vocab_size: int,
+        eps: float = 1e-5,
+        init_std: float = 0.02,
+    ):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(n_ctx, d_model)

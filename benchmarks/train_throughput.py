@@ -82,8 +82,9 @@ def _ours(cfg: ModelConfig, batch: int, seq_len: int, *, gns: bool, dtype) -> Ca
     return run
 
 
-def _torch(cfg: ModelConfig, batch: int, seq_len: int, *, threads: int | None = None,
-           compiled: bool = False) -> Callable[[int], None]:
+def _torch(
+    cfg: ModelConfig, batch: int, seq_len: int, *, threads: int | None = None, compiled: bool = False
+) -> Callable[[int], None]:
     """``run(n)``: n nanoGPT train steps in PyTorch (``threads`` set before each run)."""
     import torch
 
@@ -142,22 +143,29 @@ def run(quick: bool = False, compile_torch: bool = True) -> dict[str, Any]:
         cfg = ModelConfig("gpt2", n_layer, d_model, n_head, n_ctx=max(256, seq_len), vocab_size=VOCAB)
         flops_per_token = accounting.train_flops_per_token(cfg, seq_len)
         tokens_per_step = batch * seq_len
-        fns = {"ours": _ours(cfg, batch, seq_len, gns=True, dtype=dtype),
-               "ours_without_gns": _ours(cfg, batch, seq_len, gns=False, dtype=dtype)}
+        fns = {
+            "ours": _ours(cfg, batch, seq_len, gns=True, dtype=dtype),
+            "ours_without_gns": _ours(cfg, batch, seq_len, gns=False, dtype=dtype),
+        }
         notes = {}
         if have_torch:
             for threads in sorted({1, all_threads}):
                 fns[f"torch_eager_{threads}t"] = _torch(cfg, batch, seq_len, threads=threads)
             if compile_torch:
                 try:
-                    fns["torch_compiled"] = _torch(cfg, batch, seq_len, compiled=True,
-                                                   threads=1 if all_threads > 1 else None)
+                    fns["torch_compiled"] = _torch(
+                        cfg, batch, seq_len, compiled=True, threads=1 if all_threads > 1 else None
+                    )
                 except Exception as e:  # noqa: BLE001 - inductor needs a C++ toolchain; record why
                     notes["torch_compiled"] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
         load = os.getloadavg()[0]
         t = _interleaved(fns, n_steps, rounds)
         row: dict[str, Any] = {
-            "n_layer": n_layer, "d_model": d_model, "n_head": n_head, "batch_size": batch, "seq_len": seq_len,
+            "n_layer": n_layer,
+            "d_model": d_model,
+            "n_head": n_head,
+            "batch_size": batch,
+            "seq_len": seq_len,
             "params_non_embedding": int(accounting.param_counts(cfg)["non_embedding"]),
             "train_flops_per_token": int(flops_per_token),
             "step_s": t["ours"],
@@ -198,18 +206,33 @@ def run(quick: bool = False, compile_torch: bool = True) -> dict[str, Any]:
         shape = f"{name}, B {r['batch_size']}x{r['seq_len']}"
         if "ours_over_torch" in r:
             eager = f"PyTorch eager ({r['torch_eager_best_threads']})"
-            headline.append({"metric": f"train tokens/s {shape} (f32) vs {eager}",
-                             "ours": r["tokens_per_s"], "reference": r["batch_size"] * r["seq_len"] /
-                             min(r["torch_eager_step_s"].values()), "ratio": r["ours_over_torch_eager"],
-                             "goal": ">= 1"})
+            headline.append(
+                {
+                    "metric": f"train tokens/s {shape} (f32) vs {eager}",
+                    "ours": r["tokens_per_s"],
+                    "reference": r["batch_size"] * r["seq_len"] / min(r["torch_eager_step_s"].values()),
+                    "ratio": r["ours_over_torch_eager"],
+                    "goal": ">= 1",
+                }
+            )
             if "ours_over_torch_compiled" in r:
-                headline.append({"metric": f"train tokens/s {shape} (f32) vs PyTorch torch.compile",
-                                 "ours": r["tokens_per_s"],
-                                 "reference": r["batch_size"] * r["seq_len"] / r["torch_compiled_step_s"],
-                                 "ratio": r["ours_over_torch_compiled"], "goal": ">= 1"})
+                headline.append(
+                    {
+                        "metric": f"train tokens/s {shape} (f32) vs PyTorch torch.compile",
+                        "ours": r["tokens_per_s"],
+                        "reference": r["batch_size"] * r["seq_len"] / r["torch_compiled_step_s"],
+                        "ratio": r["ours_over_torch_compiled"],
+                        "goal": ">= 1",
+                    }
+                )
         headline.append({"metric": f"MFU {shape} ({dtype_name})", "ours": r["mfu"]})
-    headline.append({"metric": "GNS statistics overhead (max over sizes, fraction of step time)",
-                     "ours": result["gns_overhead_max"], "goal": "<= 0.03"})
+    headline.append(
+        {
+            "metric": "GNS statistics overhead (max over sizes, fraction of step time)",
+            "ours": result["gns_overhead_max"],
+            "goal": "<= 0.03",
+        }
+    )
     result["headline"] = headline
     if have_torch:
         import torch

@@ -34,12 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--dataset", default="local_text", metavar="NAME", help="dataset name (default local_text)")
     prep.add_argument(
-        "--config", action="append", default=[], metavar="KEY=VALUE",
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field, e.g. root=DIR, pattern='**/*.txt', tokenizer=bpe, "
         "bpe_vocab_size=4096, vocab=64, order=3, files='shards/*.jsonl.zst' (repeatable)",
     )
-    prep.add_argument("--workers", type=int, default=None, metavar="N",
-                      help="tokenising processes for files/NAME (default: the CPU count)")
+    prep.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokenising processes for files/NAME (default: the CPU count)",
+    )
     prep.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     prep.add_argument("--json", action="store_true", help="print the stats as JSON")
     prep.set_defaults(func=_prepare)
@@ -87,8 +95,10 @@ def _print_text(s: dict[str, Any]) -> None:
         w(f"  ({spec['source']}{eos}, {spec['vocab_size']} ids)")
     w("\n")
     for split, d in s["splits"].items():
-        w(f"{split:<12} {d['documents']:>10,} documents  {d['tokens']:>14,} tokens"
-          f"  ({d['document_tokens']:,} + {d['documents']:,} separators)\n")
+        w(
+            f"{split:<12} {d['documents']:>10,} documents  {d['tokens']:>14,} tokens"
+            f"  ({d['document_tokens']:,} + {d['documents']:,} separators)\n"
+        )
     w(f"total        {s['total_tokens']:>40,} tokens\n")
     skipped = s.get("skipped_records")
     if skipped or s.get("empty_documents"):
@@ -100,8 +110,10 @@ def _print_text(s: dict[str, Any]) -> None:
         w(f"H(X | j previous tokens), j = 0..order: {cond}\n")
     b = s.get("batching")
     if b:
-        w(f"batch        {b['batch_size']} x {b['seq_len']} = {b['tokens_per_batch']:,} target tokens/batch,"
-          f" {b['batches_per_epoch']:,} batches/epoch\n")
+        w(
+            f"batch        {b['batch_size']} x {b['seq_len']} = {b['tokens_per_batch']:,} target tokens/batch,"
+            f" {b['batches_per_epoch']:,} batches/epoch\n"
+        )
         if b["window_entropy"] is not None:
             w(f"window_entropy {b['window_entropy']:.6f} nats/target (Bayes loss of seq_len windows)\n")
 

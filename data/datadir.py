@@ -39,8 +39,7 @@ def split_name(name: str) -> tuple[str, str]:
     parts = name.split("/") if isinstance(name, str) else []
     if not 1 <= len(parts) <= 2 or not all(_PART.match(p) for p in parts):
         raise UserError(
-            f"bad dataset name {name!r}: expected BUILDER or BUILDER/VARIANT "
-            "(letters, digits, '_', '-', '.')"
+            f"bad dataset name {name!r}: expected BUILDER or BUILDER/VARIANT (letters, digits, '_', '-', '.')"
         )
     return parts[0], parts[1] if len(parts) == 2 else DEFAULT_VARIANT
 

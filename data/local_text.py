@@ -111,9 +111,7 @@ class LocalText(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_regis
         return tfds.core.DatasetInfo(
             builder=self,
             description="Local text files, one document per file.",
-            features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "path": tfds.features.Text()}
-            ),
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "path": tfds.features.Text()}),
         )
 
     def _split_generators(self, dl_manager):

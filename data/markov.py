@@ -57,9 +57,7 @@ class MarkovSource:
         return ((states_N[:, None] // powers) % self.vocab).astype(np.int32)
 
 
-def make_source(
-    vocab: int, order: int, branching: int, alpha: float, seed: int
-) -> MarkovSource:
+def make_source(vocab: int, order: int, branching: int, alpha: float, seed: int) -> MarkovSource:
     """A random sparse order-``order`` source over ``vocab`` tokens (see module docstring)."""
     if vocab < 2 or order < 1 or not 2 <= branching <= vocab or alpha <= 0:
         raise ValueError("need vocab >= 2, order >= 1, 2 <= branching <= vocab, alpha > 0")
@@ -84,14 +82,10 @@ def transition_matrix(src: MarkovSource) -> scipy.sparse.csr_matrix:
     """Sparse float64[S, S] row-stochastic state transition matrix."""
     n = src.n_states
     rows = np.repeat(np.arange(n), src.successors_SB.shape[1])
-    return scipy.sparse.csr_matrix(
-        (src.probs_SB.ravel(), (rows, src.next_states_SB().ravel())), shape=(n, n)
-    )
+    return scipy.sparse.csr_matrix((src.probs_SB.ravel(), (rows, src.next_states_SB().ravel())), shape=(n, n))
 
 
-def stationary_distribution(
-    src: MarkovSource, *, tol: float = 1e-14, max_iter: int = 1_000_000
-) -> np.ndarray:
+def stationary_distribution(src: MarkovSource, *, tol: float = 1e-14, max_iter: int = 1_000_000) -> np.ndarray:
     """float64[S]: the unique stationary distribution ``pi = pi P`` (sums to 1).
 
     Power iteration from the uniform distribution; it converges because the chain has a

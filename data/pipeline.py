@@ -36,7 +36,8 @@ document) plus the arguments, checked on restore.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -81,9 +82,7 @@ def pack(docs: grain.IterDataset, seq_len: int) -> grain.IterDataset:
     "tokens_positions": ...}`` (grain's format). A finite input ends with one partial
     window padded with 0 and segment id 0 (the "tail").
     """
-    return ConcatThenSplitIterDataset(
-        docs, length_struct={FEATURE: seq_len + 1}, split_full_length_features=True
-    )
+    return ConcatThenSplitIterDataset(docs, length_struct={FEATURE: seq_len + 1}, split_full_length_features=True)
 
 
 def _read_options(num_threads: int) -> grain.ReadOptions:
@@ -134,9 +133,7 @@ class TrainIterator(Iterator[np.ndarray]):
         if process_count < 1 or not 0 <= process_index < process_count:
             raise UserError(f"bad process_index {process_index} for process_count {process_count}")
         if global_batch_size % process_count:
-            raise UserError(
-                f"global batch size {global_batch_size} is not divisible by process count {process_count}"
-            )
+            raise UserError(f"global batch size {global_batch_size} is not divisible by process count {process_count}")
         self.dataset = ds
         self.seq_len = int(seq_len)
         self.global_batch_size = int(global_batch_size)
@@ -171,7 +168,7 @@ class TrainIterator(Iterator[np.ndarray]):
             block = block[np.random.default_rng([self._seed, self._block_index]).permutation(len(block))]
         self._block = block
 
-    def __iter__(self) -> "TrainIterator":
+    def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> np.ndarray:
@@ -182,7 +179,7 @@ class TrainIterator(Iterator[np.ndarray]):
             self._load_block()
             self._pos = 0
         b = self.local_batch_size
-        out = self._block[self._pos * b:(self._pos + 1) * b].copy()
+        out = self._block[self._pos * b : (self._pos + 1) * b].copy()
         self._pos += 1
         return out
 
@@ -190,13 +187,22 @@ class TrainIterator(Iterator[np.ndarray]):
         """JSON-serialisable position of the iterator (store it with the model checkpoint)."""
         loaded = self._block is not None
         grain_state = self._block_start_state if loaded else self._it.get_state()
-        return {"version": STATE_VERSION, **self._args, "grain": _to_json(grain_state),
-                "block_index": self._block_index, "block_loaded": loaded, "batches_served": self._pos}
+        return {
+            "version": STATE_VERSION,
+            **self._args,
+            "grain": _to_json(grain_state),
+            "block_index": self._block_index,
+            "block_loaded": loaded,
+            "batches_served": self._pos,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (from :meth:`get_state` of an identically built iterator)."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not {
-            "grain", "block_index", "block_loaded", "batches_served"} <= set(state):
+        if (
+            not isinstance(state, dict)
+            or state.get("version") != STATE_VERSION
+            or not {"grain", "block_index", "block_loaded", "batches_served"} <= set(state)
+        ):
             raise UserError("data iterator state is missing or from an incompatible version")
         diff = {k: (state.get(k), v) for k, v in self._args.items() if state.get(k) != v}
         if diff:
@@ -223,9 +229,7 @@ def make_train_iterator(ds: PreparedDataset, **kwargs: Any) -> TrainIterator:
     return TrainIterator(ds, **kwargs)
 
 
-def make_eval_batches(
-    ds: PreparedDataset, *, seq_len: int, batch_size: int, n_batches: int
-) -> np.ndarray:
+def make_eval_batches(ds: PreparedDataset, *, seq_len: int, batch_size: int, n_batches: int) -> np.ndarray:
     """Fixed ``np.int32[n_batches, batch_size, seq_len+1]`` from the validation split.
 
     Validation documents in TFDS order (no shuffle), packed exactly like the train

@@ -23,9 +23,10 @@ import contextlib
 import dataclasses
 import os
 import shutil
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,10 @@ def _builder_parts(builder: str):
         from scalinglab.data.synthetic_markov import SyntheticMarkov, SyntheticMarkovConfig
 
         return SyntheticMarkov, SyntheticMarkovConfig, "tokens", "ids"
-    raise UserError(f"unknown dataset builder {builder!r}; choose one of {', '.join(BUILDERS)} "
-                    "(your own corpus: files/NAME --config files=GLOB)")
+    raise UserError(
+        f"unknown dataset builder {builder!r}; choose one of {', '.join(BUILDERS)} "
+        "(your own corpus: files/NAME --config files=GLOB)"
+    )
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -93,7 +96,8 @@ def resolve_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(cfg_cls)
-        if f.default is not dataclasses.MISSING and f.name not in ("name", "version", "description")
+        if f.default is not dataclasses.MISSING
+        and f.name not in ("name", "version", "description")
         and not f.name.startswith(("release", "supported", "tags"))
     }
     defaults.update(_TOKENIZER_KEYS, tokenizer=default_tok)
@@ -103,9 +107,7 @@ def resolve_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any
     for src in (PRESETS.get(name, {}), dict(config or {})):
         for key, value in src.items():
             if key not in defaults:
-                raise UserError(
-                    f"unknown config key {key!r} for {builder}; known: {', '.join(sorted(defaults))}"
-                )
+                raise UserError(f"unknown config key {key!r} for {builder}; known: {', '.join(sorted(defaults))}")
             merged[key] = _coerce(key, value, defaults[key])
     allowed_tok = ("ids",) if builder == "synthetic_markov" else ("bytes", "bpe")
     if merged["tokenizer"] not in allowed_tok:
@@ -149,8 +151,12 @@ def _tfds_build_output_silenced():
         absl_logging.set_verbosity(level)
 
 
-def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None,
-                    workers: int | None = None):
+def prepare_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    config: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+):
     """Build dataset ``name`` under the data dir and return it as a :class:`PreparedDataset`.
 
     ``config`` overrides builder fields (e.g. ``root``, ``pattern``, ``vocab``, ``order``)
@@ -176,9 +182,7 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, config
         tfds_cfg = cfg_cls(name="prepared", version="1.0.0", **builder_fields)
         with _tfds_build_output_silenced():
             builder = builder_cls(data_dir=str(tmp / "tfds"), config=tfds_cfg, file_format="array_record")
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         shutil.rmtree(tmp / "tfds" / "downloads", ignore_errors=True)
         tfds_rel = Path(str(builder.data_dir)).relative_to(tmp).as_posix()
         sources = {s: builder.as_data_source(s) for s in SPLITS}
@@ -333,8 +337,11 @@ class PreparedDataset:
             "total_tokens": sum(s["tokens"] for s in m["splits"].values()),
             "entropy_rate": self.entropy_rate,
             "conditional_entropies": self.conditional_entropies,
-            **{k: m[k] for k in ("tokenizer_spec", "tokenizer_vocab_size", "skipped_records", "empty_documents",
-                                 "sources") if k in m},
+            **{
+                k: m[k]
+                for k in ("tokenizer_spec", "tokenizer_vocab_size", "skipped_records", "empty_documents", "sources")
+                if k in m
+            },
         }
 
 
@@ -342,9 +349,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Prepar
     """Open prepared dataset ``name``; a missing or corrupt one raises :class:`UserError`
     naming the command ``scalinglab data prepare --dataset NAME``."""
     directory = datadir.dataset_dir(name, data_dir)
-    fix = f"run `{prepare_command(name)}`" + (
-        f" with --data-dir {data_dir}" if data_dir else ""
-    )
+    fix = f"run `{prepare_command(name)}`" + (f" with --data-dir {data_dir}" if data_dir else "")
     path = directory / MANIFEST
     if not path.is_file():
         raise UserError(f"dataset {name!r} is not prepared in {directory}: {fix}")
@@ -373,7 +378,5 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Prepar
     except UserError:
         raise UserError(f"prepared dataset {name!r} in {directory} is corrupt: {fix}") from None
     except Exception as e:  # unreadable TFDS files, bad shards, ...
-        raise UserError(
-            f"prepared dataset {name!r} in {directory} is corrupt ({type(e).__name__}): {fix}"
-        ) from None
+        raise UserError(f"prepared dataset {name!r} in {directory} is corrupt ({type(e).__name__}): {fix}") from None
     return ds

@@ -14,8 +14,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from scalinglab.data.tfds_compat import OfflineBuilderMixin
 from scalinglab.data import markov
+from scalinglab.data.tfds_compat import OfflineBuilderMixin
 
 
 @dataclasses.dataclass(eq=False)
@@ -57,9 +57,7 @@ class SyntheticMarkov(OfflineBuilderMixin, tfds.core.GeneratorBasedBuilder, skip
         return tfds.core.DatasetInfo(
             builder=self,
             description="Random sparse order-k Markov source; entropy rate in metadata.",
-            features=tfds.features.FeaturesDict(
-                {"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
-            ),
+            features=tfds.features.FeaturesDict({"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}),
             metadata=meta,
         )
 

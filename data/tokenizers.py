@@ -15,8 +15,8 @@ pipeline appends ``separator_id`` after each document) and back, exactly:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

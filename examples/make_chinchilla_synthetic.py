@@ -13,7 +13,10 @@ import numpy as np
 LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
-def main(path: Path = Path(__file__).with_name("chinchilla_synthetic.csv")) -> None:
+DEFAULT_PATH = Path(__file__).with_name("chinchilla_synthetic.csv")
+
+
+def main(path: Path = DEFAULT_PATH) -> None:
     rng = np.random.default_rng(0)
     lines = ["params,tokens,flops,loss"]
     for budget in np.geomspace(6e18, 3e21, 8):

@@ -222,9 +222,7 @@ def _trace_forward(cfg: ModelConfig, seq_len: int, dtype: Any = None) -> Any:
     return jax.jit(forward).trace(state, jax.ShapeDtypeStruct((1, seq_len), jnp.int32))
 
 
-def measured_flops_per_token(
-    cfg: ModelConfig, seq_len: int, *, xla: bool = False, dtype: Any = None
-) -> dict[str, Any]:
+def measured_flops_per_token(cfg: ModelConfig, seq_len: int, *, xla: bool = False, dtype: Any = None) -> dict[str, Any]:
     """Forward FLOPs per token measured on the traced model (one trace, no weights allocated).
 
     ``jaxpr``: int, from walking the jaxpr (2·M·N·K per dot_general);

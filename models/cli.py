@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from scalinglab.cli import emit_json, parse_set
 from scalinglab.errors import UserError
@@ -20,11 +21,15 @@ from scalinglab.models.config import PRESETS, ModelConfig, get_config
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, preset_required: bool) -> None:
-    p.add_argument("--preset", required=preset_required, metavar="NAME",
-                   help=f"model preset: {', '.join(PRESETS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (n_layer, d_model, n_head, n_kv_head, d_ff, n_ctx, "
-                        "vocab_size, tie_embeddings, ...); repeatable")
+    p.add_argument("--preset", required=preset_required, metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (n_layer, d_model, n_head, n_kv_head, d_ff, n_ctx, "
+        "vocab_size, tie_embeddings, ...); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -49,7 +54,9 @@ def register(subparsers: Any) -> None:
     )
     _add_model_args(f, preset_required=True)
     f.add_argument("--seq-len", type=int, metavar="T", help="sequence length in tokens (default: n_ctx)")
-    f.add_argument("--no-xla", action="store_true", help="skip XLA's cost analysis (lowering big presets takes seconds)")
+    f.add_argument(
+        "--no-xla", action="store_true", help="skip XLA's cost analysis (lowering big presets takes seconds)"
+    )
     f.set_defaults(func=run_flops)
 
 
@@ -92,12 +99,16 @@ def run_params(args: argparse.Namespace) -> int:
         emit_json(rep)
         return 0
     c = rep["config"]
-    print(f"{args.preset}: {c['family']}  n_layer={c['n_layer']} d_model={c['d_model']} n_head={c['n_head']} "
-          f"n_kv_head={c['n_kv_head']} d_ff={c['d_ff']} n_ctx={c['n_ctx']} vocab_size={c['vocab_size']} "
-          f"tied={c['tie_embeddings']}")
+    print(
+        f"{args.preset}: {c['family']}  n_layer={c['n_layer']} d_model={c['d_model']} n_head={c['n_head']} "
+        f"n_kv_head={c['n_kv_head']} d_ff={c['d_ff']} n_ctx={c['n_ctx']} vocab_size={c['vocab_size']} "
+        f"tied={c['tie_embeddings']}"
+    )
     rows = [[g, _fmt(n)] for g, n in rep["by_group"].items()]
-    rows += [[k, _fmt(rep[k])] for k in ("total", "embedding", "non_embedding",
-                                          "non_embedding_with_head", "closed_form_12Ld2", "gap_vs_12Ld2")]
+    rows += [
+        [k, _fmt(rep[k])]
+        for k in ("total", "embedding", "non_embedding", "non_embedding_with_head", "closed_form_12Ld2", "gap_vs_12Ld2")
+    ]
     print(_table(rows, ["parameters", "count"]))
     return 0
 
@@ -107,16 +118,40 @@ def _params_all(as_json: bool) -> int:
     if as_json:
         emit_json({"presets": reports})
         return 0
-    header = ["preset", "family", "L", "d_model", "heads", "total", "embedding", "head",
-              "non_embedding N", "12·L·d²", "gap", "train FLOPs/token @n_ctx"]
+    header = [
+        "preset",
+        "family",
+        "L",
+        "d_model",
+        "heads",
+        "total",
+        "embedding",
+        "head",
+        "non_embedding N",
+        "12·L·d²",
+        "gap",
+        "train FLOPs/token @n_ctx",
+    ]
     rows = []
     for name, r in reports.items():
         c = r["config"]
         cfg = get_config(name)
-        rows.append([name, c["family"], str(c["n_layer"]), str(c["d_model"]), f"{c['n_head']}/{c['n_kv_head']}",
-                     _fmt(r["total"]), _fmt(r["embedding"]), _fmt(r["head"]), _fmt(r["non_embedding"]),
-                     _fmt(r["closed_form_12Ld2"]), _fmt(r["gap_vs_12Ld2"]),
-                     _fmt(accounting.train_flops_per_token(cfg, cfg.n_ctx))])
+        rows.append(
+            [
+                name,
+                c["family"],
+                str(c["n_layer"]),
+                str(c["d_model"]),
+                f"{c['n_head']}/{c['n_kv_head']}",
+                _fmt(r["total"]),
+                _fmt(r["embedding"]),
+                _fmt(r["head"]),
+                _fmt(r["non_embedding"]),
+                _fmt(r["closed_form_12Ld2"]),
+                _fmt(r["gap_vs_12Ld2"]),
+                _fmt(accounting.train_flops_per_token(cfg, cfg.n_ctx)),
+            ]
+        )
     print(_table(rows, header))
     return 0
 
@@ -150,8 +185,9 @@ def run_flops(args: argparse.Namespace) -> int:
         return 0
     fw = rep["forward_per_token"]
     exact = fw["matmul_exact"]
-    print(f"{args.preset}: seq_len={seq_len}  N (non-embedding)={_fmt(rep['non_embedding'])}  "
-          f"total={_fmt(rep['total'])}")
+    print(
+        f"{args.preset}: seq_len={seq_len}  N (non-embedding)={_fmt(rep['non_embedding'])}  total={_fmt(rep['total'])}"
+    )
     rows = [[k, _fmt(v), f"{v / exact:.4f}"] for k, v in fw.items()]
     xla = rep["xla_forward_per_token"]
     rows.append(["xla cost_analysis", _fmt(xla), "n/a" if xla is None else f"{xla / exact:.4f}"])

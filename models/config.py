@@ -14,7 +14,8 @@ Field names (``n_layer``, ``d_model``, ``n_head``, ``n_kv_head``, ``d_ff``,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from scalinglab.errors import UserError
 
@@ -72,17 +73,15 @@ class ModelConfig:
     def learned_positions(self) -> bool:
         return self.family == "gpt2"
 
-    def resolved(self) -> "ModelConfig":
+    def resolved(self) -> ModelConfig:
         """The same config with every family default written out explicitly."""
-        return dataclasses.replace(
-            self, n_kv_head=self.kv_heads, d_ff=self.ff_dim, tie_embeddings=self.tied
-        )
+        return dataclasses.replace(self, n_kv_head=self.kv_heads, d_ff=self.ff_dim, tie_embeddings=self.tied)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.resolved())
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

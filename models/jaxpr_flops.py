@@ -14,7 +14,8 @@ matmuls); all counts are Python ints (exact, no float rounding).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 from jax.extend import core as jcore

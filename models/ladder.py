@@ -36,8 +36,9 @@ SWIGLU_MULTIPLE = 16  # ladder SwiGLU widths: 8/3·d_model rounded up to a multi
 _MAX_LAYERS = 512
 
 
-def _make(family: str, n_layer: int, d_model: int, head_dim: int, query_groups: int,
-          n_ctx: int, vocab_size: int) -> ModelConfig:
+def _make(
+    family: str, n_layer: int, d_model: int, head_dim: int, query_groups: int, n_ctx: int, vocab_size: int
+) -> ModelConfig:
     n_head = d_model // head_dim
     return ModelConfig(
         family=family,

@@ -15,7 +15,8 @@ A batch is split over ``data`` × ``fsdp`` (:func:`batch_spec`).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from flax import nnx
@@ -40,6 +41,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("layers", None),
 )
+
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh over the first data·fsdp·tensor devices.
@@ -105,9 +107,7 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     plain arrays (and variables without names) are replicated. Use with
     ``jax.device_put(state, shardings)`` or as ``jit`` in/out shardings.
     """
-    return jax.tree.map(
-        lambda x: _leaf_sharding(x, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )
+    return jax.tree.map(lambda x: _leaf_sharding(x, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_spec() -> PartitionSpec:

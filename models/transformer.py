@@ -142,14 +142,42 @@ class Attention(nnx.Module):
         bias = cfg.use_bias
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
         kw = dict(dtype=dtype, rngs=rngs)
-        self.q = _dense("BTD,DNH->BTNH", (D, N, H), ("embed", "heads", "head_dim"),
-                        (N, H) if bias else None, ("heads", "head_dim"), std=std, **kw)
-        self.k = _dense("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
-                        (K, H) if bias else None, ("kv_heads", "head_dim"), std=std, **kw)
-        self.v = _dense("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
-                        (K, H) if bias else None, ("kv_heads", "head_dim"), std=std, **kw)
-        self.o = _dense("BTNH,NHD->BTD", (N, H, D), ("heads", "head_dim", "embed"),
-                        (D,) if bias else None, ("embed",), std=out_std, **kw)
+        self.q = _dense(
+            "BTD,DNH->BTNH",
+            (D, N, H),
+            ("embed", "heads", "head_dim"),
+            (N, H) if bias else None,
+            ("heads", "head_dim"),
+            std=std,
+            **kw,
+        )
+        self.k = _dense(
+            "BTD,DKH->BTKH",
+            (D, K, H),
+            ("embed", "kv_heads", "head_dim"),
+            (K, H) if bias else None,
+            ("kv_heads", "head_dim"),
+            std=std,
+            **kw,
+        )
+        self.v = _dense(
+            "BTD,DKH->BTKH",
+            (D, K, H),
+            ("embed", "kv_heads", "head_dim"),
+            (K, H) if bias else None,
+            ("kv_heads", "head_dim"),
+            std=std,
+            **kw,
+        )
+        self.o = _dense(
+            "BTNH,NHD->BTD",
+            (N, H, D),
+            ("heads", "head_dim", "embed"),
+            (D,) if bias else None,
+            ("embed",),
+            std=out_std,
+            **kw,
+        )
         self.use_rope = not cfg.learned_positions
         self.rope_theta = cfg.rope_theta
         self.attention_impl = attention_impl
@@ -173,12 +201,12 @@ class MLP(nnx.Module):
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
         kw = dict(dtype=dtype, rngs=rngs)
         self.gated = cfg.family != "gpt2"
-        self.up = _dense("BTD,DF->BTF", (D, F), ("embed", "mlp"),
-                         (F,) if bias else None, ("mlp",), std=std, **kw)
+        self.up = _dense("BTD,DF->BTF", (D, F), ("embed", "mlp"), (F,) if bias else None, ("mlp",), std=std, **kw)
         if self.gated:
             self.gate = _dense("BTD,DF->BTF", (D, F), ("embed", "mlp"), None, None, std=std, **kw)
-        self.down = _dense("BTF,FD->BTD", (F, D), ("mlp", "embed"),
-                           (D,) if bias else None, ("embed",), std=out_std, **kw)
+        self.down = _dense(
+            "BTF,FD->BTD", (F, D), ("mlp", "embed"), (D,) if bias else None, ("embed",), std=out_std, **kw
+        )
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         if self.gated:
@@ -241,19 +269,31 @@ class Transformer(nnx.Module):
         self.dtype = dtype
         self.remat = remat
         D, V, std = cfg.d_model, cfg.vocab_size, cfg.init_std
-        self.wte = nnx.Embed(V, D, dtype=dtype, param_dtype=jnp.float32, embedding_init=_normal(std),
-                             embedding_metadata=_meta("vocab", "embed"), rngs=rngs)
+        self.wte = nnx.Embed(
+            V,
+            D,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            embedding_init=_normal(std),
+            embedding_metadata=_meta("vocab", "embed"),
+            rngs=rngs,
+        )
         if cfg.learned_positions:
-            self.wpe = nnx.Embed(cfg.n_ctx, D, dtype=dtype, param_dtype=jnp.float32,
-                                 embedding_init=_normal(std),
-                                 embedding_metadata=_meta("position", "embed"), rngs=rngs)
+            self.wpe = nnx.Embed(
+                cfg.n_ctx,
+                D,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                embedding_init=_normal(std),
+                embedding_metadata=_meta("position", "embed"),
+                rngs=rngs,
+            )
         self.blocks = nnx.List(
             [Block(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl) for _ in range(cfg.n_layer)]
         )
         self.ln_f = _norm(cfg, dtype, rngs)
         if not cfg.tied:
-            self.lm_head = nnx.Param(_normal(std)(rngs.params(), (D, V), jnp.float32),
-                                     **_meta("embed", "vocab"))
+            self.lm_head = nnx.Param(_normal(std)(rngs.params(), (D, V), jnp.float32), **_meta("embed", "vocab"))
 
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
         T = tokens_BT.shape[1]

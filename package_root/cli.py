@@ -14,7 +14,8 @@ import importlib
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from scalinglab import compile_cache
 from scalinglab.errors import Interrupted, UserError
@@ -71,8 +72,11 @@ def build_parser() -> Parser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     for command in _leaf_parsers(parser):
-        command.add_argument("--no-cache", action="store_true",
-                             help="do not use the persistent JAX compilation cache (~/.cache/scalinglab/jax-*)")
+        command.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not use the persistent JAX compilation cache (~/.cache/scalinglab/jax-*)",
+        )
     return parser
 
 
@@ -114,8 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # OSErrors that are the user's input (a path that cannot be written): one line, exit 2.
-_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
-                errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+_USER_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 # Resource exhaustion (disk full, quota): one line, exit 1 (the run's last checkpoint stays valid).
 _RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ETIMEDOUT}
 

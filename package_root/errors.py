@@ -30,6 +30,9 @@ def stop_if_signalled(summary: dict, what: str) -> None:
     signum = summary.get("signal") if isinstance(summary, dict) else None
     if signum:
         step = summary.get("steps")
-        raise Interrupted(int(signum), f"stopped by signal {int(signum)} during {what}"
-                                       f"{f' (checkpoint at step {step})' if step is not None else ''}; "
-                                       f"rerun the same command to resume")
+        raise Interrupted(
+            int(signum),
+            f"stopped by signal {int(signum)} during {what}"
+            f"{f' (checkpoint at step {step})' if step is not None else ''}; "
+            f"rerun the same command to resume",
+        )

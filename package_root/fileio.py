@@ -8,8 +8,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any
 
 
 def default_mode(base: int = 0o666) -> int:

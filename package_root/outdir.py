@@ -100,8 +100,15 @@ def is_ours(out: str | os.PathLike, kind: str, owned: Iterable[str] = (), signat
     return all(e.name in owned for e in out.iterdir())
 
 
-def check_out_dir(out: str | os.PathLike, kind: str, *, owned: Iterable[str] = (), signature: str | None = None,
-                  force: bool | None = False, flag: str = "--out") -> bool:
+def check_out_dir(
+    out: str | os.PathLike,
+    kind: str,
+    *,
+    owned: Iterable[str] = (),
+    signature: str | None = None,
+    force: bool | None = False,
+    flag: str = "--out",
+) -> bool:
     """Refuse an output directory this ``kind`` of command must not write (UserError, exit 2).
 
     ``owned``: names this command writes (an existing directory holding only those is ours).
@@ -120,8 +127,11 @@ def check_out_dir(out: str | os.PathLike, kind: str, *, owned: Iterable[str] = (
             return True
         if not force:
             what = "holds training runs" if holds_runs(out) else "exists and was not written by scalinglab " + kind
-            hint = "" if force is None else (f" (or pass --force to write only {kind}'s own files into it, "
-                                             "replacing nothing else)")
+            hint = (
+                ""
+                if force is None
+                else (f" (or pass --force to write only {kind}'s own files into it, replacing nothing else)")
+            )
             raise UserError(f"{flag} {out} {what}; choose another directory{hint}")
         return False
     return True

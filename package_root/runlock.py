@@ -67,8 +67,10 @@ def _pid_alive(pid: int) -> bool:
 def describe(info: dict[str, Any]) -> str:
     """``owner@host pid N (lease ends in Ts)`` for messages."""
     left = float(info.get("expires", 0)) - time.time()
-    return (f"{info.get('owner', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')} "
-            f"(lease {'ends in ' + format(left, '.0f') + ' s' if left > 0 else 'expired'})")
+    return (
+        f"{info.get('owner', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')} "
+        f"(lease {'ends in ' + format(left, '.0f') + ' s' if left > 0 else 'expired'})"
+    )
 
 
 def is_stale(info: dict[str, Any], *, host: str | None = None, now: float | None = None) -> bool:
@@ -87,8 +89,7 @@ class RunLock:
     daemon thread every ``lease_s / 3`` while held.
     """
 
-    def __init__(self, run_dir, *, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None,
-                 auto_renew: bool = True):
+    def __init__(self, run_dir, *, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None, auto_renew: bool = True):
         self.path = _epath(run_dir) / LOCK_FILE
         self.lease_s = float(lease_s)
         self.auto_renew = auto_renew
@@ -108,8 +109,15 @@ class RunLock:
     # ---- file helpers
     def _info(self) -> dict[str, Any]:
         now = time.time()
-        return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "token": self.token,
-                "acquired": now, "lease_s": self.lease_s, "expires": now + self.lease_s}
+        return {
+            "owner": self.owner,
+            "host": self.host,
+            "pid": os.getpid(),
+            "token": self.token,
+            "acquired": now,
+            "lease_s": self.lease_s,
+            "expires": now + self.lease_s,
+        }
 
     def read(self) -> dict[str, Any] | None:
         """The current lock file's content (None when absent; ``{}`` when unreadable: a torn write)."""
@@ -165,8 +173,10 @@ class RunLock:
             if info is None:
                 continue  # released meanwhile: try again
             if info and not is_stale(info, host=self.host):
-                raise LockHeld(f"{self.path.parent} is being trained by {describe(info)}; wait for it to finish, "
-                               f"or stop it (a lock whose holder died is taken over automatically)")
+                raise LockHeld(
+                    f"{self.path.parent} is being trained by {describe(info)}; wait for it to finish, "
+                    f"or stop it (a lock whose holder died is taken over automatically)"
+                )
             if not info:  # unreadable: a holder mid-write, or garbage; garbage older than a lease is stale
                 try:
                     age = time.time() - self.path.stat().mtime

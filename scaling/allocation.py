@@ -23,8 +23,12 @@ def allocate(result: dict, flops: float) -> dict:
     law = result.get("law")
     if law == "chinchilla":
         n_opt, d_opt = chinchilla.compute_optimal(result["params"], c, result.get("flops_model"))
-        out = {"flops": c, "N_opt": float(n_opt), "D_opt": float(d_opt),
-               "loss": float(chinchilla.predict_loss(result["params"], n_opt, d_opt))}
+        out = {
+            "flops": c,
+            "N_opt": float(n_opt),
+            "D_opt": float(d_opt),
+            "loss": float(chinchilla.predict_loss(result["params"], n_opt, d_opt)),
+        }
     elif law in ("isoflop", "envelope"):
         n_opt, d_opt = isoflop.predict_optimum(result["params"], c)
         out = {"flops": c, "N_opt": float(n_opt), "D_opt": float(d_opt)}
@@ -34,8 +38,9 @@ def allocate(result: dict, flops: float) -> dict:
     if law == "chinchilla":
         fm = result.get("flops_model")
         exact = "C = D*(c1*N + c0*N^gamma) (the runs' exact FLOPs)"
-        out["constraint"] = "C = 6*N*D" if fm is None else (
-            f"C = D*{fm['c1']:.4g}*N" if fm.get("c0", 0.0) == 0.0 else exact)
+        out["constraint"] = (
+            "C = 6*N*D" if fm is None else (f"C = D*{fm['c1']:.4g}*N" if fm.get("c0", 0.0) == 0.0 else exact)
+        )
     if result.get("params_convention"):
         out["params_convention"] = result["params_convention"]
     samples = result.get("bootstrap_samples")
@@ -48,8 +53,11 @@ def allocate(result: dict, flops: float) -> dict:
             n_k, d_k = isoflop.predict_optimum(s, c)
             extra = {}
         level = result.get("ci_level", 0.95)
-        out["ci"] = {"N_opt": percentile_interval(n_k, level), "D_opt": percentile_interval(d_k, level),
-                     "tokens_per_param": percentile_interval(d_k / n_k, level),
-                     **{k: percentile_interval(v, level) for k, v in extra.items()}}
+        out["ci"] = {
+            "N_opt": percentile_interval(n_k, level),
+            "D_opt": percentile_interval(d_k, level),
+            "tokens_per_param": percentile_interval(d_k / n_k, level),
+            **{k: percentile_interval(v, level) for k, v in extra.items()},
+        }
         out["ci_level"] = level
     return out

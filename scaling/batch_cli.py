@@ -50,18 +50,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="directory written by `scalinglab batch-sweep`")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--plot", metavar="DIR", help="write tradeoff.png and bcrit.png into DIR")
-    p.add_argument("--force", action="store_true",
-                   help="write figures into a --plot DIR that is not a figure directory (replacing only them)")
-    p.add_argument("--targets", nargs="+", metavar="LOSS",
-                   help="target losses in nats/token (space or comma separated); "
-                        "default: evenly spaced in log over losses every run reaches")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write figures into a --plot DIR that is not a figure directory (replacing only them)",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="LOSS",
+        help="target losses in nats/token (space or comma separated); "
+        "default: evenly spaced in log over losses every run reaches",
+    )
     p.add_argument("--n-targets", type=int, default=cb.DEFAULT_N_TARGETS, help="number of default targets")
-    p.add_argument("--source", choices=batch_load.SOURCES, default="auto",
-                   help="loss curve: auto (default: eval_loss when every run logged >= "
-                        f"{batch_load.MIN_EVAL_POINTS} of them, else the smoothed training loss), train, or eval; "
-                        "either is made monotone (isotonic fit) before the crossing is found")
-    p.add_argument("--smooth", type=float, default=batch_load.DEFAULT_REL_WIDTH,
-                   help="half-width of the centred smoothing window as a fraction of the step (0 = none)")
+    p.add_argument(
+        "--source",
+        choices=batch_load.SOURCES,
+        default="auto",
+        help="loss curve: auto (default: eval_loss when every run logged >= "
+        f"{batch_load.MIN_EVAL_POINTS} of them, else the smoothed training loss), train, or eval; "
+        "either is made monotone (isotonic fit) before the crossing is found",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=batch_load.DEFAULT_REL_WIDTH,
+        help="half-width of the centred smoothing window as a fraction of the step (0 = none)",
+    )
     p.add_argument("--bootstrap", type=int, default=cb.DEFAULT_N_BOOTSTRAP, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=run)
@@ -84,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
         curves, _targets(args.targets), n_targets=args.n_targets, n_bootstrap=args.bootstrap, seed=args.seed
     )
     used = result["loss_curve"]["source"]
-    result["loss_source"] = {"source": used, "requested": args.source,
-                             "smooth_rel_width": args.smooth if used == "train" else 0.0}
+    result["loss_source"] = {
+        "source": used,
+        "requested": args.source,
+        "smooth_rel_width": args.smooth if used == "train" else 0.0,
+    }
     result = json_safe(result)
     for w in result["warnings"]:
         sys.stderr.write(f"warning: {w}\n")
@@ -127,8 +145,10 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines.append("best learning rate per batch size (the run setting its steps; * = at the edge of its grid):")
     for b, row in result.get("lr_by_batch", {}).items():
-        best = "  ".join("n/a" if lr is None else f"{lr:.3g}{'*' if edge else ''}"
-                         for lr, edge in zip(row["best_lr"], row["at_edge"]))
+        best = "  ".join(
+            "n/a" if lr is None else f"{lr:.3g}{'*' if edge else ''}"
+            for lr, edge in zip(row["best_lr"], row["at_edge"])
+        )
         lines.append(f"  B={b:>5} ({len(row['lrs'])} lr): {best}")
     lines.append("advice (per target): fewest examples | fewest steps | 2x trade-off point B = B_crit")
     for t in result["targets"]:

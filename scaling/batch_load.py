@@ -24,15 +24,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import read_json
-from scalinglab.rundir import (CONFIG_FILE, METRICS_FILE, SWEEP_FILE, finite_or, is_complete, is_run_dir,
-                               read_metrics)
+from scalinglab.rundir import CONFIG_FILE, METRICS_FILE, SWEEP_FILE, finite_or, is_complete, is_run_dir, read_metrics
 from scalinglab.scaling.crossing import isotonic_decreasing
 
 MIN_BATCH_SIZES = 3  # two parameters per hyperbola need at least three distinct batch sizes
@@ -113,8 +113,9 @@ def curve_from_rows(
     curve = smooth_loss(steps, raw, width)
     if monotone:
         curve = isotonic_decreasing(curve)
-    return RunCurve(name, int(batch_size), int(seq_len), steps, curve, raw, bs, lr, complete, width, int(warmup),
-                    bs_step, source)
+    return RunCurve(
+        name, int(batch_size), int(seq_len), steps, curve, raw, bs, lr, complete, width, int(warmup), bs_step, source
+    )
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -226,7 +227,6 @@ def check_sweep(curves: Sequence[RunCurve]) -> None:
     seq_lens = {c.seq_len for c in curves}
     if len(seq_lens) != 1:
         raise UserError(f"runs of one sweep must share seq_len (examples are sequences); found {sorted(seq_lens)}")
-
 
 
 def smooth_loss(steps_T: np.ndarray, loss_T: np.ndarray, rel_width: float = DEFAULT_REL_WIDTH) -> np.ndarray:

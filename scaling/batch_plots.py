@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,12 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path) -> Path:
         s_fit = hyperbola_steps(b_curve, t["S_min"], t["E_min"])
         ax.plot(b_curve * s_fit, s_fit, color=color, lw=1.2, label=f"L={t['loss']:.3f}  B_crit={t['B_crit']:.3g}")
         ax.scatter([2 * t["E_min"]], [2 * t["S_min"]], marker="x", color=color, s=40, zorder=4)
-    _log_axes(ax, "examples E = B·S (sequences)", "steps S",
-              "steps vs examples to reach each target loss (x: B = B_crit, 2·S_min, 2·E_min)")
+    _log_axes(
+        ax,
+        "examples E = B·S (sequences)",
+        "steps S",
+        "steps vs examples to reach each target loss (x: B = B_crit, 2·S_min, 2·E_min)",
+    )
     return save_figure(fig, path)
 
 
@@ -77,16 +82,27 @@ def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | P
     if result.get("B_star") is not None and result.get("inv_alpha_B") is not None:
         grid = np.geomspace(loss.min() * 0.97, loss.max() * 1.03, 100)
         alpha = "n/a" if result.get("alpha_B") is None else f"{result['alpha_B']:.3g}"
-        ax.plot(grid, result["B_star"] * grid ** (-result["inv_alpha_B"]), color="C0", lw=1,
-                label=f"B*/L^(1/α_B): B*={result['B_star']:.3g}, α_B={alpha}")
+        ax.plot(
+            grid,
+            result["B_star"] * grid ** (-result["inv_alpha_B"]),
+            color="C0",
+            lw=1,
+            label=f"B*/L^(1/α_B): B*={result['B_star']:.3g}, α_B={alpha}",
+        )
     cmap = plt.get_cmap("plasma")
     used = {r.get("run") for t in result["targets"] for r in t["runs"]} - {None}
     curves = [c for c in curves if not used or c.name in used]  # a grid's best runs only
     for i, c in enumerate(curves):
         ok = np.isfinite(c.b_simple) & (c.b_simple > 0)  # log axis: non-positive windows cannot be drawn
         if ok.sum() > 1:
-            ax.plot(c.loss[ok], c.b_simple[ok], lw=0.8, alpha=0.6, color=cmap(i / max(len(curves), 1)),
-                    label=f"B_simple in-loop, B={c.batch_size}")
+            ax.plot(
+                c.loss[ok],
+                c.b_simple[ok],
+                lw=0.8,
+                alpha=0.6,
+                color=cmap(i / max(len(curves), 1)),
+                label=f"B_simple in-loop, B={c.batch_size}",
+            )
     bs = [t["b_simple"] for t in result["targets"]]
     if any(v is not None for v in bs):
         ax.plot(loss, [np.nan if v is None else v for v in bs], "s", color="C3", label="B_simple median at targets")
@@ -98,8 +114,9 @@ def plot_bcrit(result: dict[str, Any], curves: Sequence[RunCurve], path: str | P
 FIGURE_FILES = ("tradeoff.png", "bcrit.png")
 
 
-def write_plots(result: dict[str, Any], curves: Sequence[RunCurve], out_dir: str | Path, *,
-                force: bool = False) -> list[Path]:
+def write_plots(
+    result: dict[str, Any], curves: Sequence[RunCurve], out_dir: str | Path, *, force: bool = False
+) -> list[Path]:
     """Both figures into ``out_dir`` (built aside, swapped in by name; see :mod:`scalinglab.outdir`);
     returns their paths."""
     import shutil

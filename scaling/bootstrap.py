@@ -8,7 +8,7 @@ together (numpy broadcasting or ``jax.vmap``) instead of in a Python loop.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,8 +57,6 @@ def percentile_interval(samples_K: np.ndarray, level: float = DEFAULT_LEVEL) -> 
     return [float(low), float(high)]
 
 
-def percentile_intervals(
-    samples: Mapping[str, np.ndarray], level: float = DEFAULT_LEVEL
-) -> dict[str, list[float]]:
+def percentile_intervals(samples: Mapping[str, np.ndarray], level: float = DEFAULT_LEVEL) -> dict[str, list[float]]:
     """``{param: [low, high]}`` for every entry of ``samples`` (``{param: float[K]}``)."""
     return {name: percentile_interval(values, level) for name, values in samples.items()}

@@ -46,14 +46,24 @@ FORMULA = "L(N, D) = E + A / N^alpha + B / D^beta"
 def hoffmann_grid() -> np.ndarray:
     """The paper's grid of starts ``float[4500, 5]`` in (a, b, e, alpha, beta) order:
     alpha, beta ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}."""
-    return grid(a=np.arange(0, 30, 5.0), b=np.arange(0, 30, 5.0), e=np.arange(-1, 1.5, 0.5),
-                alpha=np.arange(0, 2.5, 0.5), beta=np.arange(0, 2.5, 0.5))
+    return grid(
+        a=np.arange(0, 30, 5.0),
+        b=np.arange(0, 30, 5.0),
+        e=np.arange(-1, 1.5, 0.5),
+        alpha=np.arange(0, 2.5, 0.5),
+        beta=np.arange(0, 2.5, 0.5),
+    )
 
 
 def small_grid() -> np.ndarray:
     """A 3×3×2×3×3 = 162-start grid over the same box, for quick fits and tests."""
-    return grid(a=np.array([0.0, 10.0, 20.0]), b=np.array([0.0, 10.0, 20.0]), e=np.array([-0.5, 0.5]),
-                alpha=np.array([0.2, 0.6, 1.2]), beta=np.array([0.2, 0.6, 1.2]))
+    return grid(
+        a=np.array([0.0, 10.0, 20.0]),
+        b=np.array([0.0, 10.0, 20.0]),
+        e=np.array([-0.5, 0.5]),
+        alpha=np.array([0.2, 0.6, 1.2]),
+        beta=np.array([0.2, 0.6, 1.2]),
+    )
 
 
 def grid(*, a, b, e, alpha, beta) -> np.ndarray:
@@ -108,8 +118,12 @@ def _loss_value_and_grad(x_P, data, weights_N):
 def fit_data(n_params, n_tokens, loss, huber_delta: float = HUBER_DELTA) -> dict:
     """The arrays a fit works on: ``log_n``, ``log_d``, ``log_l`` and ``delta`` (all float[N])."""
     n = np.asarray(n_params, np.float64)
-    return {"log_n": np.log(n), "log_d": np.log(np.asarray(n_tokens, np.float64)),
-            "log_l": np.log(np.asarray(loss, np.float64)), "delta": np.full(n.size, float(huber_delta))}
+    return {
+        "log_n": np.log(n),
+        "log_d": np.log(np.asarray(n_tokens, np.float64)),
+        "log_l": np.log(np.asarray(loss, np.float64)),
+        "delta": np.full(n.size, float(huber_delta)),
+    }
 
 
 def huber_objective(x_P: np.ndarray, n_params, n_tokens, loss, huber_delta: float = HUBER_DELTA) -> float:
@@ -137,8 +151,9 @@ def compute_optimal(params: dict, flops, flops_model: dict | None = None) -> tup
     return compute_optimal_exact(params, flops, flops_model)
 
 
-def compute_optimal_exact(params: dict, flops, flops_model: dict, *, half_width: float = 12.0,
-                          n_grid: int = 2401, n_golden: int = 60) -> tuple[np.ndarray, np.ndarray]:
+def compute_optimal_exact(
+    params: dict, flops, flops_model: dict, *, half_width: float = 12.0, n_grid: int = 2401, n_golden: int = 60
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimise ``L(N, C/f(N))`` over ln N for each (sample, budget): a grid of ``n_grid`` points
     over ±``half_width`` around the 6ND-style closed form (L along the constraint is unimodal in
     ln N: falling A/N^alpha against rising B·(f(N)/C)^beta), then golden-section search between
@@ -174,8 +189,12 @@ def compute_optimal_exact(params: dict, flops, flops_model: dict, *, half_width:
             lo = np.where(left, lo, x1)
             x_new = np.where(left, hi - g * (hi - lo), lo + g * (hi - lo))
             f_new = objective(x_new)
-            x1, x2, f1, f2 = (np.where(left, x_new, x2), np.where(left, x1, x_new),
-                              np.where(left, f_new, f2), np.where(left, f1, f_new))
+            x1, x2, f1, f2 = (
+                np.where(left, x_new, x2),
+                np.where(left, x1, x_new),
+                np.where(left, f_new, f2),
+                np.where(left, f1, f_new),
+            )
         x = 0.5 * (lo + hi)[:, 0]
         bad = (i == 0) | (i == n_grid - 1) | ~np.isfinite(vals[rows, i])
         n_opt = np.where(bad, np.nan, np.exp(x))
@@ -259,8 +278,14 @@ def fit_approach3(
     #    only has to reach the right basins); 2) polish the n_polish best distinct end points in
     #    float64 with a strong-Wolfe line search.
     wide = multistart.minimize_batch(
-        _loss, starts_SP, np.broadcast_to(ones_N, (len(starts_SP), n.size)), data,
-        dtype=wide_dtype, max_iter=wide_iter, gtol=1e-8, method="lockstep",
+        _loss,
+        starts_SP,
+        np.broadcast_to(ones_N, (len(starts_SP), n.size)),
+        data,
+        dtype=wide_dtype,
+        max_iter=wide_iter,
+        gtol=1e-8,
+        method="lockstep",
         value_and_grad_fn=_loss_value_and_grad,
     )
     cand = multistart.best_distinct(wide, max(bootstrap_starts, n_polish))
@@ -287,11 +312,17 @@ def fit_approach3(
         "n_points": int(n.size),
         "n_starts": int(len(starts_SP)),
         "optimizer": {
-            "wide_pass": {"dtype": wide_dtype, "max_iter": wide_iter,
-                          "n_hit_max_iter": int(np.sum(wide.n_iter_M >= wide_iter))},
-            "polish": {"dtype": "float64", "n_candidates": int(cand.size),
-                       "grad_norm": float(fine.grad_norm_M[order[0]]),
-                       "n_iter": int(fine.n_iter_M[order[0]])},
+            "wide_pass": {
+                "dtype": wide_dtype,
+                "max_iter": wide_iter,
+                "n_hit_max_iter": int(np.sum(wide.n_iter_M >= wide_iter)),
+            },
+            "polish": {
+                "dtype": "float64",
+                "n_candidates": int(cand.size),
+                "grad_norm": float(fine.grad_norm_M[order[0]]),
+                "n_iter": int(fine.n_iter_M[order[0]]),
+            },
         },
         # D_opt/N_opt = k · C^(b − a), C in FLOPs, under C = 6ND
         "tokens_per_param": {"coef": float(G**-2 * 6.0 ** (a - b)), "exponent": float(b - a)},
@@ -301,8 +332,15 @@ def fit_approach3(
     samples = None
     if n_bootstrap > 0:
         x0_SP = fine.params_MP[order[: max(1, bootstrap_starts)]]
-        samples, info = bootstrap_approach3(x0_SP, data, n_bootstrap=n_bootstrap, seed=seed, max_iter=bootstrap_iter,
-                                            dtype=bootstrap_dtype, return_info=True)
+        samples, info = bootstrap_approach3(
+            x0_SP,
+            data,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            max_iter=bootstrap_iter,
+            dtype=bootstrap_dtype,
+            return_info=True,
+        )
         result["optimizer"]["bootstrap"] = info
         result.update(bootstrap_fields(samples, level))
     if flops_model is not None and flops_range is not None:
@@ -313,8 +351,9 @@ def fit_approach3(
 ALLOCATION_BUDGETS = 9
 
 
-def allocation_exponents(params: dict, flops_model: dict, flops_range, samples: dict | None = None,
-                         level: float = DEFAULT_LEVEL) -> dict:
+def allocation_exponents(
+    params: dict, flops_model: dict, flops_range, samples: dict | None = None, level: float = DEFAULT_LEVEL
+) -> dict:
     """Slopes ``a``, ``b`` of ln N_opt, ln D_opt vs ln C for the law's optimum under the exact
     C(N, D) at 9 budgets log-spaced over ``flops_range`` (FLOPs), with bootstrap intervals
     from ``samples`` when given. Under C = 6ND these equal β/(α+β) and α/(α+β)."""
@@ -331,8 +370,12 @@ def allocation_exponents(params: dict, flops_model: dict, flops_range, samples: 
             return fit_loglinear(lc, np.log(n_opt))[1], fit_loglinear(lc, np.log(d_opt))[1]
 
     a, b = slopes(params)
-    out = {"a": float(a), "b": float(b), "flops_range": [float(budgets[0]), float(budgets[-1])],
-           "constraint": "6ND" if flops_model.get("c0", 0.0) == 0.0 else "exact C = D*(c1*N + c0*N^gamma)"}
+    out = {
+        "a": float(a),
+        "b": float(b),
+        "flops_range": [float(budgets[0]), float(budgets[-1])],
+        "constraint": "6ND" if flops_model.get("c0", 0.0) == 0.0 else "exact C = D*(c1*N + c0*N^gamma)",
+    }
     if samples is not None:
         s = {k: np.asarray(samples[k], np.float64)[:, None] for k in ("A", "B", "E", "alpha", "beta")}
         a_k, b_k = slopes(s)
@@ -340,9 +383,17 @@ def allocation_exponents(params: dict, flops_model: dict, flops_range, samples: 
     return out
 
 
-def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed: int = 0,
-                        max_iter: int = 100, dtype: str = "float64", polish_iter: int = 500,
-                        return_info: bool = False):
+def bootstrap_approach3(
+    x0_SP: np.ndarray,
+    data: dict,
+    *,
+    n_bootstrap: int,
+    seed: int = 0,
+    max_iter: int = 100,
+    dtype: str = "float64",
+    polish_iter: int = 500,
+    return_info: bool = False,
+):
     """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one batch of lock-step
     L-BFGS in ``dtype`` to |grad| <= 1e-6 or ``max_iter``), then polish each resample's best end
     point in float64 with the strong-Wolfe L-BFGS to convergence (or ``polish_iter``).
@@ -355,16 +406,25 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     s = len(x0_SP)
     x0_MP = np.tile(x0_SP, (n_bootstrap, 1))  # row k*s + j: resample k, start j
     weights_MN = np.repeat(counts_KN, s, axis=0)
-    res = multistart.minimize_batch(_loss, x0_MP, weights_MN, data, dtype=dtype,
-                                    max_iter=max_iter, gtol=1e-6, method="lockstep",
-                                    value_and_grad_fn=_loss_value_and_grad)
+    res = multistart.minimize_batch(
+        _loss,
+        x0_MP,
+        weights_MN,
+        data,
+        dtype=dtype,
+        max_iter=max_iter,
+        gtol=1e-6,
+        method="lockstep",
+        value_and_grad_fn=_loss_value_and_grad,
+    )
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
     best_K = np.argmin(value_KS, axis=1)
     x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]
     ok = np.isfinite(value_KS.min(axis=1))
     x_KP = np.where(ok[:, None], x_KP, x0_SP[0])
-    fine = multistart.minimize_batch(_loss, x_KP, counts_KN, data, dtype="float64", max_iter=polish_iter,
-                                     gtol=1e-9, ls_steps=30)
+    fine = multistart.minimize_batch(
+        _loss, x_KP, counts_KN, data, dtype="float64", max_iter=polish_iter, gtol=1e-9, ls_steps=30
+    )
     better = np.isfinite(fine.value_M) & (fine.value_M <= np.where(ok, value_KS.min(axis=1), np.inf))
     x_KP = np.where(better[:, None], fine.params_MP, x_KP)
     x_KP[~(ok | np.isfinite(fine.value_M))] = np.nan
@@ -374,8 +434,11 @@ def bootstrap_approach3(x0_SP: np.ndarray, data: dict, *, n_bootstrap: int, seed
     if not return_info:
         return samples
     gn = fine.grad_norm_M[np.isfinite(fine.grad_norm_M)]
-    info = {"refit": "lock-step L-BFGS then float64 strong-Wolfe polish", "max_iter": int(polish_iter),
-            "n_hit_max_iter": int(np.sum(fine.n_iter_M >= polish_iter)),
-            "max_grad_norm": float(gn.max()) if gn.size else float("nan"),
-            "median_grad_norm": float(np.median(gn)) if gn.size else float("nan")}
+    info = {
+        "refit": "lock-step L-BFGS then float64 strong-Wolfe polish",
+        "max_iter": int(polish_iter),
+        "n_hit_max_iter": int(np.sum(fine.n_iter_M >= polish_iter)),
+        "max_grad_norm": float(gn.max()) if gn.size else float("nan"),
+        "median_grad_norm": float(np.median(gn)) if gn.size else float("nan"),
+    }
     return samples, info

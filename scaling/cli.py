@@ -15,6 +15,7 @@ from scalinglab.scaling.load import KNOWN_COLUMNS, PARAMS_CONVENTIONS
 
 HUBER_DELTA = 1e-3  # = chinchilla.HUBER_DELTA (not imported here: that module imports jax)
 
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit",
@@ -22,52 +23,122 @@ def register(subparsers) -> None:
         description="Fit a scaling law (Kaplan or Chinchilla) to a runs directory or a CSV with columns "
         "params,tokens,loss[,flops] (flops default 6*params*tokens).",
     )
-    p.add_argument("source", metavar="SOURCE", help="CSV file, run directory, or directory of runs (searched recursively)")
-    p.add_argument("--law", required=True,
-                   choices=["chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope",
-                            "kaplan-ns", "kaplan-cmin"],
-                   help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1; kaplan-ns = "
-                   "L(N, S_min), kaplan-cmin = L(C_min) (B_crit(L) from --sweep, else from the runs' B_simple)")
-    p.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_RESAMPLES, default=0, metavar="K",
-                   help=f"bootstrap resamples for confidence intervals (flag alone: {DEFAULT_RESAMPLES})")
+    p.add_argument(
+        "source", metavar="SOURCE", help="CSV file, run directory, or directory of runs (searched recursively)"
+    )
+    p.add_argument(
+        "--law",
+        required=True,
+        choices=[
+            "chinchilla",
+            "kaplan-n",
+            "kaplan-d",
+            "kaplan-c",
+            "kaplan-nd",
+            "isoflop",
+            "envelope",
+            "kaplan-ns",
+            "kaplan-cmin",
+        ],
+        help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1; kaplan-ns = "
+        "L(N, S_min), kaplan-cmin = L(C_min) (B_crit(L) from --sweep, else from the runs' B_simple)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        nargs="?",
+        const=DEFAULT_RESAMPLES,
+        default=0,
+        metavar="K",
+        help=f"bootstrap resamples for confidence intervals (flag alone: {DEFAULT_RESAMPLES})",
+    )
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--holdout", type=int, default=0, metavar="K",
-                   help="also refit without the K largest-compute runs (budgets for isoflop/envelope) and "
-                   "report the prediction error on them")
-    p.add_argument("--flops", type=float, action="append", default=None, metavar="C",
-                   help="FLOP budget(s) for a compute-optimal allocation (chinchilla, isoflop, envelope)")
-    p.add_argument("--starts", choices=["small", "hoffmann"], default="small",
-                   help="approach-3 start grid: small (162 starts, default) or hoffmann (the paper's 4,500)")
-    p.add_argument("--params", choices=["auto", *PARAMS_CONVENTIONS], default="auto",
-                   help="which parameter count is N: non_embedding (Kaplan et al. 2020), total (Hoffmann et al. "
-                   "2022), with_head (non-embedding + output head, Porian et al. 2024); default auto = each law in "
-                   "its paper's convention: total for chinchilla/isoflop/envelope, non_embedding for kaplan-*. "
-                   "A CSV's params column is taken to be in this convention unless it has params_total / "
-                   "params_with_head columns")
-    p.add_argument("--columns", metavar="NAME=HEADER,...",
-                   help="map a CSV's headers onto the known columns, e.g. params=N,tokens=D,loss=val_loss,run=id "
-                   f"(known: {', '.join(KNOWN_COLUMNS)}); rows sharing a run column form one training curve")
-    p.add_argument("--huber-delta", type=float, default=HUBER_DELTA, metavar="DELTA",
-                   help=f"approach 3: Huber delta on log-loss residuals (default {HUBER_DELTA:g}, Hoffmann et al.)")
-    p.add_argument("--isoflop-keep", type=int, default=None, metavar="K",
-                   help="approach 2: fit each budget's parabola to the K sizes around its lowest loss only "
-                   "(default: all sizes)")
-    p.add_argument("--isoflop-window", type=float, default=None, metavar="F",
-                   help="approach 2: fit each parabola to the points within a factor (1+F) of the budget's lowest "
-                   "loss only (with --isoflop-keep: both)")
-    p.add_argument("--envelope", choices=["min", "hull"], default="min",
-                   help="approach 1: min = lowest loss per FLOP budget (Hoffmann et al., default); hull = vertices "
-                   "of the lower convex hull of log loss vs log C")
-    p.add_argument("--sweep", metavar="DIR",
-                   help="kaplan-ns / kaplan-cmin: take B_crit(L) from this batch-size sweep's fit (fit-batch) "
-                   "instead of the runs' in-loop B_simple")
-    p.add_argument("--include-incomplete", action="store_true",
-                   help="use runs without summary.json (flagged) instead of skipping them")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also refit without the K largest-compute runs (budgets for isoflop/envelope) and "
+        "report the prediction error on them",
+    )
+    p.add_argument(
+        "--flops",
+        type=float,
+        action="append",
+        default=None,
+        metavar="C",
+        help="FLOP budget(s) for a compute-optimal allocation (chinchilla, isoflop, envelope)",
+    )
+    p.add_argument(
+        "--starts",
+        choices=["small", "hoffmann"],
+        default="small",
+        help="approach-3 start grid: small (162 starts, default) or hoffmann (the paper's 4,500)",
+    )
+    p.add_argument(
+        "--params",
+        choices=["auto", *PARAMS_CONVENTIONS],
+        default="auto",
+        help="which parameter count is N: non_embedding (Kaplan et al. 2020), total (Hoffmann et al. "
+        "2022), with_head (non-embedding + output head, Porian et al. 2024); default auto = each law in "
+        "its paper's convention: total for chinchilla/isoflop/envelope, non_embedding for kaplan-*. "
+        "A CSV's params column is taken to be in this convention unless it has params_total / "
+        "params_with_head columns",
+    )
+    p.add_argument(
+        "--columns",
+        metavar="NAME=HEADER,...",
+        help="map a CSV's headers onto the known columns, e.g. params=N,tokens=D,loss=val_loss,run=id "
+        f"(known: {', '.join(KNOWN_COLUMNS)}); rows sharing a run column form one training curve",
+    )
+    p.add_argument(
+        "--huber-delta",
+        type=float,
+        default=HUBER_DELTA,
+        metavar="DELTA",
+        help=f"approach 3: Huber delta on log-loss residuals (default {HUBER_DELTA:g}, Hoffmann et al.)",
+    )
+    p.add_argument(
+        "--isoflop-keep",
+        type=int,
+        default=None,
+        metavar="K",
+        help="approach 2: fit each budget's parabola to the K sizes around its lowest loss only (default: all sizes)",
+    )
+    p.add_argument(
+        "--isoflop-window",
+        type=float,
+        default=None,
+        metavar="F",
+        help="approach 2: fit each parabola to the points within a factor (1+F) of the budget's lowest "
+        "loss only (with --isoflop-keep: both)",
+    )
+    p.add_argument(
+        "--envelope",
+        choices=["min", "hull"],
+        default="min",
+        help="approach 1: min = lowest loss per FLOP budget (Hoffmann et al., default); hull = vertices "
+        "of the lower convex hull of log loss vs log C",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="DIR",
+        help="kaplan-ns / kaplan-cmin: take B_crit(L) from this batch-size sweep's fit (fit-batch) "
+        "instead of the runs' in-loop B_simple",
+    )
+    p.add_argument(
+        "--include-incomplete",
+        action="store_true",
+        help="use runs without summary.json (flagged) instead of skipping them",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", metavar="DIR", help="write figures (PNG) into DIR")
-    p.add_argument("--force", action="store_true",
-                   help="write figures into a --plot DIR that is not a figure directory (replacing only them)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write figures into a --plot DIR that is not a figure directory (replacing only them)",
+    )
     p.set_defaults(func=run_fit)
 
 
@@ -98,14 +169,11 @@ def run_fit(args: argparse.Namespace) -> int:
     table = load_source(args.source, include_incomplete=args.include_incomplete, columns=parse_columns(args.columns))
 
     # heavier imports (jax) only once the input is known to be good
-    from scalinglab.scaling import chinchilla
+    from scalinglab.scaling import chinchilla, kaplan
     from scalinglab.scaling.allocation import allocate
     from scalinglab.scaling.holdout import holdout
-    from scalinglab.scaling.laws import fit_law
+    from scalinglab.scaling.laws import fit_law, resolve_convention
     from scalinglab.scaling.powerlaw import strip_samples
-
-    from scalinglab.scaling import kaplan
-    from scalinglab.scaling.laws import resolve_convention
 
     if args.sweep and args.law not in ("kaplan-ns", "kaplan-cmin"):
         raise UserError("--sweep needs --law kaplan-ns or kaplan-cmin")
@@ -152,8 +220,10 @@ def _fmt(v: float) -> str:
 
 def format_text(out: dict) -> str:
     """Human-readable summary of a fit (the non ``--json`` output)."""
-    lines = [f"law: {out['law']}   {out['formula']}",
-             f"source: {out['source']} ({out['n_runs']} runs, {out['n_points']} points used)"]
+    lines = [
+        f"law: {out['law']}   {out['formula']}",
+        f"source: {out['source']} ({out['n_runs']} runs, {out['n_points']} points used)",
+    ]
     if out.get("params_convention"):
         lines.append(f"N = {out['params_convention']} parameters ({out.get('params_source', '')})")
     ci = out.get("ci", {})
@@ -178,19 +248,25 @@ def format_text(out: dict) -> str:
 
         t = out["tokens_per_param"]
         a, b = (shown(out, k, lambda v: f"C^{v:.4f}") for k in ("a", "b"))
-        lines.append(f"compute-optimal (C = 6ND): N_opt ∝ {a}, D_opt ∝ {b}, "
-                     f"tokens/param = {t['coef']:.4g} · C^{t['exponent']:.4f}")
+        lines.append(
+            f"compute-optimal (C = 6ND): N_opt ∝ {a}, D_opt ∝ {b}, "
+            f"tokens/param = {t['coef']:.4g} · C^{t['exponent']:.4f}"
+        )
         ax = out.get("allocation_exponents")
         if ax and ax.get("constraint") != "6ND":
             fm = out["flops_model"]
-            s = (f"under the runs' exact FLOPs C = D·({fm['c1']:.4g}·N + {fm['c0']:.4g}·N^{fm['gamma']:.2f}) "
-                 f"over C in [{ax['flops_range'][0]:.3g}, {ax['flops_range'][1]:.3g}]: a = {ax['a']:.4f}, "
-                 f"b = {ax['b']:.4f}")
+            s = (
+                f"under the runs' exact FLOPs C = D·({fm['c1']:.4g}·N + {fm['c0']:.4g}·N^{fm['gamma']:.2f}) "
+                f"over C in [{ax['flops_range'][0]:.3g}, {ax['flops_range'][1]:.3g}]: a = {ax['a']:.4f}, "
+                f"b = {ax['b']:.4f}"
+            )
             lines.append(s)
         boot = out.get("optimizer", {}).get("bootstrap")
         if boot:
-            lines.append(f"bootstrap refits: {boot['n_hit_max_iter']} of {out['n_bootstrap']} hit the "
-                         f"{boot['max_iter']}-iteration limit; max |grad| {boot['max_grad_norm']:.2g}")
+            lines.append(
+                f"bootstrap refits: {boot['n_hit_max_iter']} of {out['n_bootstrap']} hit the "
+                f"{boot['max_iter']}-iteration limit; max |grad| {boot['max_grad_norm']:.2g}"
+            )
     if out.get("n_budgets"):
         lines.append(f"budgets used: {out['n_budgets']}")
     for a in out.get("allocation", []):
@@ -202,8 +278,10 @@ def format_text(out: dict) -> str:
             lines.append(f"    {k}: [{lo:.4g}, {hi:.4g}]")
     h = out.get("holdout")
     if h:
-        lines.append(f"hold-out of the {h['k']} largest {h['unit']}: mean |error| {h['mean_abs_error']:.4g}, "
-                     f"max |error| {h['max_abs_error']:.4g} ({h['error_kind']})")
+        lines.append(
+            f"hold-out of the {h['k']} largest {h['unit']}: mean |error| {h['mean_abs_error']:.4g}, "
+            f"max |error| {h['max_abs_error']:.4g} ({h['error_kind']})"
+        )
     if out.get("plots"):
         lines.append("plots: " + ", ".join(out["plots"]))
     for w in out.get("warnings", []):

@@ -38,7 +38,8 @@ losses in nats/token):
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ CI_LEVEL = 0.95
 UPPER_FRACTION = 0.5
 LOWER_MARGIN = 0.02  # fraction of the log-loss range kept clear of the highest final loss
 WARMUP_MARGIN = 3  # default targets are crossed by every run only after this many × its warmup steps
+
 
 # ------------------------------------------------------------------------------------------
 # Curves: steps-to-target
@@ -106,7 +108,9 @@ def default_targets(curves: Sequence[RunCurve], n: int = DEFAULT_N_TARGETS) -> n
     lo = max(best.values())  # every batch size gets at least this low
     start = min(float(c.loss[0]) for c in curves)
     if not start > lo:
-        raise UserError("the runs' loss curves do not overlap: no loss is both below every start and reached by every run")
+        raise UserError(
+            "the runs' loss curves do not overlap: no loss is both below every start and reached by every run"
+        )
     log_lo, log_start = math.log(lo), math.log(start)
     span = log_start - log_lo
     log_hi = log_lo + UPPER_FRACTION * span
@@ -173,7 +177,9 @@ def fit_hyperbola_batch(
     y_NR = np.where(w_NR > 0, y_NR, 0.0)
     grid_G = _profile_grid(b_R, n_grid)
     g_RG = np.log1p(np.exp(grid_G)[None, :] / b_R[:, None])
-    parts = [_fit_chunk(b_R, g_RG, grid_G, y_NR[i : i + chunk], w_NR[i : i + chunk]) for i in range(0, len(y_NR), chunk)]
+    parts = [
+        _fit_chunk(b_R, g_RG, grid_G, y_NR[i : i + chunk], w_NR[i : i + chunk]) for i in range(0, len(y_NR), chunk)
+    ]
     s_min, b_crit, bound = (np.concatenate(p) for p in zip(*parts))
     distinct_N = np.array([len(np.unique(b_R[w > 0])) for w in w_NR])
     bad = distinct_N < MIN_BATCH_SIZES
@@ -259,8 +265,12 @@ def _alpha(slope):
 # The whole analysis
 # ------------------------------------------------------------------------------------------
 def bootstrap_fits(
-    batch_sizes_R: np.ndarray, steps_KR: np.ndarray, s_min_K: np.ndarray, b_crit_K: np.ndarray,
-    n_boot: int, seed: int,
+    batch_sizes_R: np.ndarray,
+    steps_KR: np.ndarray,
+    s_min_K: np.ndarray,
+    b_crit_K: np.ndarray,
+    n_boot: int,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Joint bootstrap over runs → (S_min [n_boot, K], B_crit [n_boot, K], method).
 
@@ -302,8 +312,12 @@ def _advice(batch_sizes_R, steps_R, fit: dict[str, float], seq_len: int) -> dict
     i_e, i_s = int(np.argmin(b * s)), int(np.argmin(s))
 
     def point(batch, steps):
-        return {"batch_size": float(batch), "steps": float(steps), "examples": float(batch * steps),
-                "tokens": float(batch * steps * seq_len)}
+        return {
+            "batch_size": float(batch),
+            "steps": float(steps),
+            "examples": float(batch * steps),
+            "tokens": float(batch * steps * seq_len),
+        }
 
     return {
         "min_examples": point(b[i_e], s[i_e]),  # measured in the sweep; the fitted limit is E_min (B → 0)
@@ -399,8 +413,9 @@ def analyze_sweep(
         c = curves[i]
         return interp_at_step(c.steps if c.b_simple_step is None else c.b_simple_step, c.b_simple, step)
 
-    bsimple_KR = np.array([[b_simple_at(i, s) for i, s in zip(run_R, s_R)]
-                           for run_R, s_R in zip(best["run"], steps_KR)])
+    bsimple_KR = np.array(
+        [[b_simple_at(i, s) for i, s in zip(run_R, s_R)] for run_R, s_R in zip(best["run"], steps_KR)]
+    )
     sizes = [int(b) for b in b_R]
     warnings = [
         f"batch size {b}: the best learning rate is at the {'low' if lr == lrs[0] else 'high'} edge of its grid "
@@ -414,39 +429,65 @@ def analyze_sweep(
     for k, loss in enumerate(targets_K):
         fit = {"S_min": float(smin_K[k]), "E_min": float(emin_K[k]), "B_crit": float(bcrit_K[k])}
         bs_ok = bsimple_KR[k][np.isfinite(bsimple_KR[k])]
-        out_targets.append({
-            "loss": float(loss),
-            **fit,
-            "B_crit_tokens": fit["B_crit"] * seq_len,
-            "E_min_tokens": fit["E_min"] * seq_len,
-            "at_bound": bool(bound_K[k]),
-            "ci": {
-                "S_min": _interval(smin_NK[:, k]),
-                "E_min": _interval(smin_NK[:, k] * bcrit_NK[:, k]),
-                "B_crit": _interval(bcrit_NK[:, k]),
-            },
-            "b_simple": float(np.median(bs_ok)) if len(bs_ok) else None,
-            "b_simple_by_run": {str(b): float(v) for b, v in zip(sizes, bsimple_KR[k])},
-            "runs": [
-                {"batch_size": b, "steps": float(s), "examples": float(b * s), "tokens": float(b * s * seq_len),
-                 "lr": float(lr), "run": curves[i].name if i >= 0 else None, "lr_at_edge": bool(edge)}
-                for b, s, lr, i, edge in zip(sizes, steps_KR[k], best["lr"][k], best["run"][k], best["at_edge"][k])
-            ],
-            "advice": _advice(b_R, steps_KR[k], fit, seq_len),
-        })
+        out_targets.append(
+            {
+                "loss": float(loss),
+                **fit,
+                "B_crit_tokens": fit["B_crit"] * seq_len,
+                "E_min_tokens": fit["E_min"] * seq_len,
+                "at_bound": bool(bound_K[k]),
+                "ci": {
+                    "S_min": _interval(smin_NK[:, k]),
+                    "E_min": _interval(smin_NK[:, k] * bcrit_NK[:, k]),
+                    "B_crit": _interval(bcrit_NK[:, k]),
+                },
+                "b_simple": float(np.median(bs_ok)) if len(bs_ok) else None,
+                "b_simple_by_run": {str(b): float(v) for b, v in zip(sizes, bsimple_KR[k])},
+                "runs": [
+                    {
+                        "batch_size": b,
+                        "steps": float(s),
+                        "examples": float(b * s),
+                        "tokens": float(b * s * seq_len),
+                        "lr": float(lr),
+                        "run": curves[i].name if i >= 0 else None,
+                        "lr_at_edge": bool(edge),
+                    }
+                    for b, s, lr, i, edge in zip(sizes, steps_KR[k], best["lr"][k], best["run"][k], best["at_edge"][k])
+                ],
+                "advice": _advice(b_R, steps_KR[k], fit, seq_len),
+            }
+        )
 
     return {
         "kind": "fit-batch",
         "seq_len": seq_len,
-        "units": {"loss": "nats/token", "S": "steps", "E": "examples (sequences)", "B": "sequences",
-                  "*_tokens": "tokens (sequences x seq_len)"},
+        "units": {
+            "loss": "nats/token",
+            "S": "steps",
+            "E": "examples (sequences)",
+            "B": "sequences",
+            "*_tokens": "tokens (sequences x seq_len)",
+        },
         "batch_sizes": sizes,
         "loss_curve": {"source": curves[0].source, "smooth_rel_width": curves[0].rel_width, "monotone": True},
-        "runs": [{"name": c.name, "batch_size": c.batch_size, "lr": c.lr, "complete": c.complete,
-                  "last_step": float(c.steps[-1]), "min_smoothed_loss": float(np.min(c.loss))} for c in curves],
+        "runs": [
+            {
+                "name": c.name,
+                "batch_size": c.batch_size,
+                "lr": c.lr,
+                "complete": c.complete,
+                "last_step": float(c.steps[-1]),
+                "min_smoothed_loss": float(np.min(c.loss)),
+            }
+            for c in curves
+        ],
         "lr_by_batch": {
-            str(b): {"lrs": [float(x) for x in lrs], "best_lr": [float(x) for x in best["lr"][:, j]],
-                     "at_edge": [bool(x) for x in best["at_edge"][:, j]]}
+            str(b): {
+                "lrs": [float(x) for x in lrs],
+                "best_lr": [float(x) for x in best["lr"][:, j]],
+                "at_edge": [bool(x) for x in best["at_edge"][:, j]],
+            }
             for j, (b, lrs) in enumerate(zip(sizes, best["lrs"]))
         },
         "warnings": warnings,
@@ -460,10 +501,18 @@ def analyze_sweep(
             "alpha_B": _interval(_alpha(slope_N)),
             "inv_alpha_B": _interval(-slope_N),
         },
-        "b_simple": {"loss": [float(t) for t in targets_K], "B_simple": [o["b_simple"] for o in out_targets],
-                     "negative_values": "kept (noise; never filtered by sign)"},
+        "b_simple": {
+            "loss": [float(t) for t in targets_K],
+            "B_simple": [o["b_simple"] for o in out_targets],
+            "negative_values": "kept (noise; never filtered by sign)",
+        },
         "bcrit_rises_as_loss_falls": bool(np.all(np.diff(bcrit_K) > 0)) if n_k >= 2 else None,
-        "bootstrap": {"n": int(n_bootstrap), "method": ci_method, "level": CI_LEVEL, "seed": seed,
-                      "n_failed": int(np.sum(~np.all(np.isfinite(bcrit_NK), axis=1))),
-                      "unit": "batch sizes (each with its best learning rate per target)"},
+        "bootstrap": {
+            "n": int(n_bootstrap),
+            "method": ci_method,
+            "level": CI_LEVEL,
+            "seed": seed,
+            "n_failed": int(np.sum(~np.all(np.isfinite(bcrit_NK), axis=1))),
+            "unit": "batch sizes (each with its best learning rate per target)",
+        },
     }

@@ -35,8 +35,9 @@ N_GRID = 60
 METHODS = ("min", "hull")
 
 
-def envelope_points(table: RunTable, *, rtol: float = DEFAULT_RTOL, use_curves: bool = True,
-                    method: str = "min") -> dict:
+def envelope_points(
+    table: RunTable, *, rtol: float = DEFAULT_RTOL, use_curves: bool = True, method: str = "min"
+) -> dict:
     """Envelope ``{"flops", "N_opt", "D_opt", "loss", "run", "method"}`` (arrays over budgets)."""
     return _Envelope(table, rtol=rtol, use_curves=use_curves, method=method)(np.ones(len(table), bool))
 
@@ -49,8 +50,9 @@ class _Envelope:
             raise UserError(f"unknown envelope method {method!r}; choose from {', '.join(METHODS)}")
         self.table, self.method = table, method
         curves = table.curves if use_curves and table.curves is not None else None
-        self.use_curves = (curves is not None and all(cv is not None and cv.flops.size >= 2 for cv in curves)
-                           and len(table) >= 2)
+        self.use_curves = (
+            curves is not None and all(cv is not None and cv.flops.size >= 2 for cv in curves) and len(table) >= 2
+        )
         if self.use_curves:
             self.curves = curves
             lo = min(cv.flops.min() for cv in curves)
@@ -72,9 +74,15 @@ class _Envelope:
             covered = np.sum(np.isfinite(loss_RC), axis=0) >= 2  # a minimum over one run says nothing
             best = np.argmin(np.where(np.isfinite(loss_RC), loss_RC, np.inf), axis=0)[covered]
             cols = np.flatnonzero(covered)
-            return {"flops": self.grid[covered], "N_opt": t.params[best], "D_opt": self.tok_RC[best, cols],
-                    "loss": loss_RC[best, cols], "run": [t.names[i] for i in best], "run_index": best,
-                    "method": "loss curves"}
+            return {
+                "flops": self.grid[covered],
+                "N_opt": t.params[best],
+                "D_opt": self.tok_RC[best, cols],
+                "loss": loss_RC[best, cols],
+                "run": [t.names[i] for i in best],
+                "run_index": best,
+                "method": "loss curves",
+            }
         rows = []
         for g, budget in enumerate(self.budgets):
             idx = np.flatnonzero((self.labels == g) & present_R)
@@ -94,8 +102,15 @@ class _Envelope:
             best = np.array(best, dtype=np.int64)
             c = t.flops[best]
             method = "pareto frontier"
-        return {"flops": c, "N_opt": t.params[best], "D_opt": t.tokens[best] * c / t.flops[best],
-                "loss": t.loss[best], "run": [t.names[i] for i in best], "run_index": best, "method": method}
+        return {
+            "flops": c,
+            "N_opt": t.params[best],
+            "D_opt": t.tokens[best] * c / t.flops[best],
+            "loss": t.loss[best],
+            "run": [t.names[i] for i in best],
+            "run_index": best,
+            "method": method,
+        }
 
     def _hull(self, present_R: np.ndarray) -> dict:
         t = self.table
@@ -109,8 +124,15 @@ class _Envelope:
             lo_R = np.array([cv.flops.min() for cv in self.curves])[present_R]
             hi_R = np.array([cv.flops.max() for cv in self.curves])[present_R]
             if lo_R.size < 2:
-                return {"flops": np.array([]), "N_opt": np.array([]), "D_opt": np.array([]), "loss": np.array([]),
-                        "run": [], "run_index": np.array([], np.int64), "method": "lower convex hull of loss curves"}
+                return {
+                    "flops": np.array([]),
+                    "N_opt": np.array([]),
+                    "D_opt": np.array([]),
+                    "loss": np.array([]),
+                    "run": [],
+                    "run_index": np.array([], np.int64),
+                    "method": "lower convex hull of loss curves",
+                }
             lo, hi = np.sort(lo_R)[1], np.sort(hi_R)[-2]
             keep = present_R[run] & (c >= lo) & (c <= hi)
             run, c, loss, tok = run[keep], c[keep], loss[keep], tok[keep]
@@ -121,8 +143,15 @@ class _Envelope:
             label = "lower convex hull of final points"
         v = lower_hull(np.log(c), np.log(loss))
         if not self.use_curves or v.size < 2:
-            return {"flops": c[v], "N_opt": t.params[run[v]], "D_opt": tok[v], "loss": loss[v],
-                    "run": [t.names[i] for i in run[v]], "run_index": run[v], "method": label}
+            return {
+                "flops": c[v],
+                "N_opt": t.params[run[v]],
+                "D_opt": tok[v],
+                "loss": loss[v],
+                "run": [t.names[i] for i in run[v]],
+                "run_index": run[v],
+                "method": label,
+            }
         # along curves: the hull read on the log-spaced grid (as the minimum is), each budget taking
         # the run of the hull vertex nearest in ln C, so a run's many logged points weigh as the
         # stretch of compute it is optimal for, not as how often it was logged
@@ -135,8 +164,15 @@ class _Envelope:
         cols = np.searchsorted(self.grid, grid)
         tok_at = self.tok_RC[best, cols]
         d_opt = np.where(np.isfinite(tok_at), tok_at, tok[v[near]] * grid / c[v[near]])
-        return {"flops": grid, "N_opt": t.params[best], "D_opt": d_opt, "loss": hull_loss,
-                "run": [t.names[i] for i in best], "run_index": best, "method": label}
+        return {
+            "flops": grid,
+            "N_opt": t.params[best],
+            "D_opt": d_opt,
+            "loss": hull_loss,
+            "run": [t.names[i] for i in best],
+            "run_index": best,
+            "method": label,
+        }
 
 
 def lower_hull(x_P: np.ndarray, y_P: np.ndarray) -> np.ndarray:
@@ -169,31 +205,48 @@ def _interp_loglog(curve: Curve, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.where(inside, loss, np.nan), np.where(inside, tokens, np.nan)
 
 
-def fit_envelope(table: RunTable, *, rtol: float = DEFAULT_RTOL, n_bootstrap: int = 0,
-                 level: float = DEFAULT_LEVEL, seed: int = 0, use_curves: bool = True, method: str = "min") -> dict:
+def fit_envelope(
+    table: RunTable,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    n_bootstrap: int = 0,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    use_curves: bool = True,
+    method: str = "min",
+) -> dict:
     """Approach 1: ``a``, ``b``, ``N_coef``, ``D_coef`` from the envelope (see module doc);
     ``method`` ``"min"`` (Hoffmann et al.) or ``"hull"`` (lower convex hull); the bootstrap
     resamples runs."""
     env_of = _Envelope(table, rtol=rtol, use_curves=use_curves, method=method)
     env = env_of(np.ones(len(table), bool))
     if np.unique(env["flops"]).size < 2 or np.unique(env["N_opt"]).size < 2:
-        raise UserError("envelope needs at least 2 FLOP budgets whose best runs differ in size "
-                        f"(found {np.unique(env['N_opt']).size} distinct optimal size(s))")
+        raise UserError(
+            "envelope needs at least 2 FLOP budgets whose best runs differ in size "
+            f"(found {np.unique(env['N_opt']).size} distinct optimal size(s))"
+        )
     fit_n = fit_power_law(env["flops"], env["N_opt"], form="coef", names=("N_coef", "a"))
     fit_d = fit_power_law(env["flops"], env["D_opt"], form="coef", names=("D_coef", "b"))
     params = {"a": fit_n["a"], "b": fit_d["b"], "N_coef": fit_n["N_coef"], "D_coef": fit_d["D_coef"]}
     result = {
         "law": "envelope",
-        "formula": "N_opt = N_coef * C^a, D_opt = D_coef * C^b (" + (
-            "lowest-loss run per FLOP budget)" if method == "min" else "lower convex hull of log L vs log C)"),
-        "param_names": list(params), "params": params, **params,
+        "formula": "N_opt = N_coef * C^a, D_opt = D_coef * C^b ("
+        + ("lowest-loss run per FLOP budget)" if method == "min" else "lower convex hull of log L vs log C)"),
+        "param_names": list(params),
+        "params": params,
+        **params,
         "objective": fit_n["objective"] + fit_d["objective"],
         "objective_kind": "sum of squared log residuals of the N_opt and D_opt power laws",
         "residuals": {"N_opt": fit_n["residuals"], "D_opt": fit_d["residuals"]},
-        "n_points": int(len(table)), "n_budgets": int(env["flops"].size), "method": env["method"],
-        "envelope": method, "n_distinct_optimal_sizes": int(np.unique(env["N_opt"]).size),
-        "budgets": [{"flops": float(c), "N_opt": float(n), "D_opt": float(d), "loss": float(l), "run": r}
-                    for c, n, d, l, r in zip(env["flops"], env["N_opt"], env["D_opt"], env["loss"], env["run"])],
+        "n_points": int(len(table)),
+        "n_budgets": int(env["flops"].size),
+        "method": env["method"],
+        "envelope": method,
+        "n_distinct_optimal_sizes": int(np.unique(env["N_opt"]).size),
+        "budgets": [
+            {"flops": float(c), "N_opt": float(n), "D_opt": float(d), "loss": float(l), "run": r}
+            for c, n, d, l, r in zip(env["flops"], env["N_opt"], env["D_opt"], env["loss"], env["run"])
+        ],
     }
     if n_bootstrap > 0:
         samples = _bootstrap_runs(env_of, len(table), n_bootstrap, seed)

@@ -40,9 +40,18 @@ def holdout(table: RunTable, law: str, k: int, **fit_kw) -> dict:
         fit = fit_law(train, law, **fit_kw)
         pred = predict_table(fit, test)
         err = pred / test.loss - 1.0
-        points = [{"name": test.names[i], "params": float(test.params[i]), "tokens": float(test.tokens[i]),
-                   "flops": float(test.flops[i]), "loss": float(test.loss[i]), "predicted": float(pred[i]),
-                   "rel_error": float(err[i])} for i in range(len(test))]
+        points = [
+            {
+                "name": test.names[i],
+                "params": float(test.params[i]),
+                "tokens": float(test.tokens[i]),
+                "flops": float(test.flops[i]),
+                "loss": float(test.loss[i]),
+                "predicted": float(pred[i]),
+                "rel_error": float(err[i]),
+            }
+            for i in range(len(test))
+        ]
         unit, kind = "runs", "relative loss error pred/actual - 1"
     else:
         labels, budgets = group_budgets(table.flops)
@@ -53,8 +62,9 @@ def holdout(table: RunTable, law: str, k: int, **fit_kw) -> dict:
         if law == "isoflop":
             sub = table.subset(held)
             sel = fit.get("selection") or {}
-            profs, _, _ = isoflop_profiles(sub.params, sub.tokens, sub.flops, sub.loss, keep=sel.get("keep"),
-                                           loss_window=sel.get("loss_window"))
+            profs, _, _ = isoflop_profiles(
+                sub.params, sub.tokens, sub.flops, sub.loss, keep=sel.get("keep"), loss_window=sel.get("loss_window")
+            )
             measured = [(p["flops"], p["N_opt"]) for p in profs]
         else:
             env = envelope_points(table)
@@ -65,10 +75,23 @@ def holdout(table: RunTable, law: str, k: int, **fit_kw) -> dict:
         points = []
         for c, n_meas in measured:
             n_pred, _ = predict_optimum(fit["params"], c)
-            points.append({"flops": float(c), "N_opt": float(n_meas), "N_opt_predicted": float(n_pred),
-                           "log_error": float(np.log(n_pred / n_meas))})
+            points.append(
+                {
+                    "flops": float(c),
+                    "N_opt": float(n_meas),
+                    "N_opt_predicted": float(n_pred),
+                    "log_error": float(np.log(n_pred / n_meas)),
+                }
+            )
         err = np.array([p["log_error"] for p in points])
         unit, kind = "budgets", "ln(N_opt predicted / N_opt measured)"
     fit = {key: v for key, v in fit.items() if key != "bootstrap_samples"}
-    return {"k": int(k), "unit": unit, "error_kind": kind, "fit": fit, "points": points,
-            "mean_abs_error": float(np.mean(np.abs(err))), "max_abs_error": float(np.max(np.abs(err)))}
+    return {
+        "k": int(k),
+        "unit": unit,
+        "error_kind": kind,
+        "fit": fit,
+        "points": points,
+        "mean_abs_error": float(np.mean(np.abs(err))),
+        "max_abs_error": float(np.max(np.abs(err))),
+    }

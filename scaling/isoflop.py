@@ -51,8 +51,9 @@ def _vertices(coef_K3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xs, p0 + p1 * xs + p2 * xs**2
 
 
-def select_near_minimum(x_N: np.ndarray, y_N: np.ndarray, *, keep: int | None = None,
-                        loss_window: float | None = None) -> np.ndarray:
+def select_near_minimum(
+    x_N: np.ndarray, y_N: np.ndarray, *, keep: int | None = None, loss_window: float | None = None
+) -> np.ndarray:
     """Indices of the points of one budget used for its parabola (sorted by x = ln N).
 
     ``keep``: the ``keep`` points nearest in rank to the lowest observed loss (a window of sizes
@@ -79,8 +80,17 @@ def select_near_minimum(x_N: np.ndarray, y_N: np.ndarray, *, keep: int | None = 
     return order[chosen]
 
 
-def isoflop_profiles(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, min_points: int = 3,
-                     keep: int | None = None, loss_window: float | None = None):
+def isoflop_profiles(
+    n_params,
+    n_tokens,
+    flops,
+    loss,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    min_points: int = 3,
+    keep: int | None = None,
+    loss_window: float | None = None,
+):
     """Per-budget parabola fits: ``(profiles, labels, excluded)``.
 
     ``profiles``: a list of dicts (flops, n_points, N_opt, D_opt, loss_opt, coef,
@@ -91,21 +101,32 @@ def isoflop_profiles(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_R
     ``excluded``: ``{"flops", "reason", ...}`` for every budget left out (vertex outside the
     sampled sizes, parabola opening downwards, too few sizes).
     """
-    n, d, c, l = (check_positive(k, v) for k, v in
-                  (("params", n_params), ("tokens", n_tokens), ("flops", flops), ("loss", loss)))
+    n, d, c, l = (
+        check_positive(k, v) for k, v in (("params", n_params), ("tokens", n_tokens), ("flops", flops), ("loss", loss))
+    )
     labels, budgets = group_budgets(c, rtol)
     profiles, excluded = [], []
     for g, budget in enumerate(budgets):
         all_idx = np.flatnonzero(labels == g)
         if np.unique(n[all_idx]).size < min_points:
             if all_idx.size > 1:
-                excluded.append({"flops": float(budget), "reason": f"fewer than {min_points} distinct sizes",
-                                 "n_points": int(all_idx.size)})
+                excluded.append(
+                    {
+                        "flops": float(budget),
+                        "reason": f"fewer than {min_points} distinct sizes",
+                        "n_points": int(all_idx.size),
+                    }
+                )
             continue
         idx = all_idx[select_near_minimum(np.log(n[all_idx]), l[all_idx], keep=keep, loss_window=loss_window)]
         if np.unique(n[idx]).size < min_points:
-            excluded.append({"flops": float(budget), "reason": f"fewer than {min_points} distinct sizes near the "
-                             "minimum", "n_points": int(idx.size)})
+            excluded.append(
+                {
+                    "flops": float(budget),
+                    "reason": f"fewer than {min_points} distinct sizes near the minimum",
+                    "n_points": int(idx.size),
+                }
+            )
             continue
         x = np.log(n[idx])
         coef = parabola_fits(x, l[idx], np.ones((1, idx.size)))[0]
@@ -116,17 +137,32 @@ def isoflop_profiles(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_R
         n_opt = float(np.exp(xs[0]))
         if not x.min() <= xs[0] <= x.max():
             side = "below" if xs[0] < x.min() else "above"
-            excluded.append({"flops": float(budget), "reason": f"vertex N = {n_opt:.3g} {side} the sampled sizes "
-                             f"[{np.exp(x.min()):.3g}, {np.exp(x.max()):.3g}]", "N_vertex": n_opt,
-                             "n_points": int(idx.size)})
+            excluded.append(
+                {
+                    "flops": float(budget),
+                    "reason": f"vertex N = {n_opt:.3g} {side} the sampled sizes "
+                    f"[{np.exp(x.min()):.3g}, {np.exp(x.max()):.3g}]",
+                    "N_vertex": n_opt,
+                    "n_points": int(idx.size),
+                }
+            )
             continue
         k = _k_at(x, c[idx] / (n[idx] * d[idx]), xs[0])
-        profiles.append({
-            "flops": float(budget), "n_points": int(idx.size), "n_points_budget": int(all_idx.size), "N_opt": n_opt,
-            "D_opt": float(budget / (k * n_opt)), "loss_opt": float(ys[0]), "coef": [float(v) for v in coef],
-            "flops_per_param_token": k, "in_range": True, "index": idx.tolist(),
-            "residuals": (coef[0] + coef[1] * x + coef[2] * x**2 - l[idx]).tolist(),
-        })
+        profiles.append(
+            {
+                "flops": float(budget),
+                "n_points": int(idx.size),
+                "n_points_budget": int(all_idx.size),
+                "N_opt": n_opt,
+                "D_opt": float(budget / (k * n_opt)),
+                "loss_opt": float(ys[0]),
+                "coef": [float(v) for v in coef],
+                "flops_per_param_token": k,
+                "in_range": True,
+                "index": idx.tolist(),
+                "residuals": (coef[0] + coef[1] * x + coef[2] * x**2 - l[idx]).tolist(),
+            }
+        )
     return profiles, labels, excluded
 
 
@@ -138,9 +174,19 @@ def _k_at(x_N: np.ndarray, k_N: np.ndarray, x_star):
     return np.exp(np.interp(x_star, xs, lk))
 
 
-def fit_isoflop(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, n_bootstrap: int = 0,
-                level: float = DEFAULT_LEVEL, seed: int = 0, keep: int | None = None,
-                loss_window: float | None = None) -> dict:
+def fit_isoflop(
+    n_params,
+    n_tokens,
+    flops,
+    loss,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    n_bootstrap: int = 0,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    keep: int | None = None,
+    loss_window: float | None = None,
+) -> dict:
     """Approach 2: ``N_opt = k_N·C^a`` and ``D_opt = k_D·C^b`` from IsoFLOP parabola minima.
 
     ``keep`` / ``loss_window`` select the points near each budget's minimum
@@ -157,13 +203,16 @@ def fit_isoflop(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, 
         raise UserError(f"--isoflop-keep must be at least 3 (a parabola has 3 coefficients), got {keep}")
     if loss_window is not None and not loss_window > 0:
         raise UserError(f"--isoflop-window must be positive, got {loss_window}")
-    profiles, labels, excluded = isoflop_profiles(n_params, n_tokens, flops, loss, rtol=rtol, keep=keep,
-                                                  loss_window=loss_window)
+    profiles, labels, excluded = isoflop_profiles(
+        n_params, n_tokens, flops, loss, rtol=rtol, keep=keep, loss_window=loss_window
+    )
     warnings = [f"approach 2: budget C = {e['flops']:.3g} excluded ({e['reason']})" for e in excluded]
     if len(profiles) < 2:
-        raise UserError("isoflop needs at least 2 FLOP budgets with 3 or more distinct model sizes each and the "
-                        f"parabola's vertex inside them (found {len(profiles)} usable budget(s); budgets group runs "
-                        f"whose FLOPs agree within {rtol:.0%})" + (f"; {'; '.join(warnings)}" if warnings else ""))
+        raise UserError(
+            "isoflop needs at least 2 FLOP budgets with 3 or more distinct model sizes each and the "
+            f"parabola's vertex inside them (found {len(profiles)} usable budget(s); budgets group runs "
+            f"whose FLOPs agree within {rtol:.0%})" + (f"; {'; '.join(warnings)}" if warnings else "")
+        )
     c_g = np.array([p["flops"] for p in profiles])
     fit_n = fit_power_law(c_g, [p["N_opt"] for p in profiles], form="coef", names=("N_coef", "a"))
     fit_d = fit_power_law(c_g, [p["D_opt"] for p in profiles], form="coef", names=("D_coef", "b"))
@@ -172,19 +221,26 @@ def fit_isoflop(n_params, n_tokens, flops, loss, *, rtol: float = DEFAULT_RTOL, 
     result = {
         "law": "isoflop",
         "formula": "N_opt = N_coef * C^a, D_opt = D_coef * C^b (parabola minima of L vs ln N per FLOP budget)",
-        "param_names": list(params), "params": params, **params,
-        "objective": float(np.sum(resid**2)), "objective_kind": "sum of squared parabola residuals (loss)",
+        "param_names": list(params),
+        "params": params,
+        **params,
+        "objective": float(np.sum(resid**2)),
+        "objective_kind": "sum of squared parabola residuals (loss)",
         "residuals": residual_stats(resid),
         "power_law_residuals": {"N_opt": fit_n["residuals"], "D_opt": fit_d["residuals"]},
-        "n_points": int(sum(p["n_points"] for p in profiles)), "n_budgets": len(profiles),
-        "selection": {"keep": keep, "loss_window": loss_window,
-                      "rule": "all points" if keep is None and loss_window is None else "near the minimum"},
+        "n_points": int(sum(p["n_points"] for p in profiles)),
+        "n_budgets": len(profiles),
+        "selection": {
+            "keep": keep,
+            "loss_window": loss_window,
+            "rule": "all points" if keep is None and loss_window is None else "near the minimum",
+        },
         "budgets": [{k: v for k, v in p.items() if k not in ("index", "residuals")} for p in profiles],
-        "excluded_budgets": excluded, "warnings": warnings,
+        "excluded_budgets": excluded,
+        "warnings": warnings,
     }
     if n_bootstrap > 0:
-        result.update(bootstrap_fields(_bootstrap(profiles, n_params, n_tokens, flops, loss, n_bootstrap, seed),
-                                       level))
+        result.update(bootstrap_fields(_bootstrap(profiles, n_params, n_tokens, flops, loss, n_bootstrap, seed), level))
     return result
 
 

@@ -72,6 +72,7 @@ def _single(x, y, names, law, formula, **kw) -> dict:
 
 # ---- joint laws: log-space least squares, multi-start L-BFGS --------------------------------
 
+
 def _log_pred_nd(x_P, log_n, log_d):
     ln_nc, ln_dc, alpha_n, alpha_d = x_P[0], x_P[1], x_P[2], x_P[3]
     return alpha_d * jnp.logaddexp(alpha_n / alpha_d * (ln_nc - log_n), ln_dc - log_d)
@@ -93,21 +94,38 @@ def _loss_ns(x_P, data, w):
 
 
 JOINT = {
-    "kaplan-nd": (_loss_nd, _log_pred_nd, ("N_c", "D_c", "alpha_N", "alpha_D"),
-                  "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D"),
-    "kaplan-ns": (_loss_ns, _log_pred_ns, ("N_c", "S_c", "alpha_N", "alpha_S"),
-                  "L(N, S) = (N_c / N)^alpha_N + (S_c / S_min)^alpha_S"),
+    "kaplan-nd": (
+        _loss_nd,
+        _log_pred_nd,
+        ("N_c", "D_c", "alpha_N", "alpha_D"),
+        "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D",
+    ),
+    "kaplan-ns": (
+        _loss_ns,
+        _log_pred_ns,
+        ("N_c", "S_c", "alpha_N", "alpha_S"),
+        "L(N, S) = (N_c / N)^alpha_N + (S_c / S_min)^alpha_S",
+    ),
 }
 
 
 def joint_starts() -> np.ndarray:
     """3×3×3×3 starts (ln x_c, ln y_c, exponent, exponent) spanning Kaplan-like magnitudes."""
-    return np.array(list(itertools.product([15.0, 25.0, 35.0], [5.0, 20.0, 35.0],
-                                           [0.05, 0.2, 0.6], [0.05, 0.2, 0.6])))
+    return np.array(list(itertools.product([15.0, 25.0, 35.0], [5.0, 20.0, 35.0], [0.05, 0.2, 0.6], [0.05, 0.2, 0.6])))
 
 
-def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFAULT_LEVEL,
-              seed: int = 0, starts: np.ndarray | None = None, groups: np.ndarray | None = None) -> dict:
+def fit_joint(
+    law: str,
+    x,
+    y,
+    loss,
+    *,
+    n_bootstrap: int = 0,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    starts: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> dict:
     """Fit ``kaplan-nd`` (x = N, y = D) or ``kaplan-ns`` (x = N, y = S_min) to all points.
 
     ``groups`` (int[N], e.g. the run of each curve point): the bootstrap resamples groups, not
@@ -120,8 +138,9 @@ def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFA
     starts = joint_starts() if starts is None else np.asarray(starts, np.float64)
     ones = np.ones(x.size)
     # 4 parameters, smooth least squares: one pass from every start converges fully
-    fine = multistart.minimize_batch(loss_fn, starts, np.broadcast_to(ones, (len(starts), x.size)), data,
-                                     max_iter=MAX_ITER, gtol=1e-10, ftol=0.0)
+    fine = multistart.minimize_batch(
+        loss_fn, starts, np.broadcast_to(ones, (len(starts), x.size)), data, max_iter=MAX_ITER, gtol=1e-10, ftol=0.0
+    )
     if not np.any(np.isfinite(fine.value_M)):
         raise UserError(f"law {law} diverged from every start")
     best = int(np.nanargmin(np.where(np.isfinite(fine.value_M), fine.value_M, np.inf)))
@@ -129,14 +148,23 @@ def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFA
     vals = _named(xb[None], names)
     params = {k: float(v[0]) for k, v in vals.items()}
     result = {
-        "law": law, "formula": formula, "param_names": list(names), "params": params, **params,
+        "law": law,
+        "formula": formula,
+        "param_names": list(names),
+        "params": params,
+        **params,
     }
     kw = {"n_params": x, "n_tokens": y} if law == "kaplan-nd" else {"n_params": x, "steps": y}
     resid = np.log(predict_loss(result, **kw)) - data["log_l"]
-    result.update({
-        "objective": float(np.sum(resid**2)), "objective_kind": "sum of squared log residuals",
-        "residuals": residual_stats(resid), "n_points": int(x.size), "n_starts": int(len(starts)),
-    })
+    result.update(
+        {
+            "objective": float(np.sum(resid**2)),
+            "objective_kind": "sum of squared log residuals",
+            "residuals": residual_stats(resid),
+            "n_points": int(x.size),
+            "n_starts": int(len(starts)),
+        }
+    )
     if n_bootstrap > 0:
         if groups is None:
             counts = resample_counts(x.size, n_bootstrap, seed=seed)
@@ -144,8 +172,15 @@ def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFA
             _, g = np.unique(np.asarray(groups), return_inverse=True)
             counts = resample_counts(int(g.max()) + 1, n_bootstrap, seed=seed)[:, g]
         s0 = fine.params_MP[np.argsort(np.where(np.isfinite(fine.value_M), fine.value_M, np.inf))[:2]]
-        res = multistart.minimize_batch(loss_fn, np.tile(s0, (n_bootstrap, 1)), np.repeat(counts, len(s0), 0), data,
-                                        max_iter=MAX_ITER, gtol=1e-10, ftol=0.0)
+        res = multistart.minimize_batch(
+            loss_fn,
+            np.tile(s0, (n_bootstrap, 1)),
+            np.repeat(counts, len(s0), 0),
+            data,
+            max_iter=MAX_ITER,
+            gtol=1e-10,
+            ftol=0.0,
+        )
         v = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, len(s0))
         xk = res.params_MP.reshape(n_bootstrap, len(s0), -1)[np.arange(n_bootstrap), np.argmin(v, 1)]
         xk[~np.isfinite(v.min(1))] = np.nan
@@ -155,8 +190,7 @@ def fit_joint(law: str, x, y, loss, *, n_bootstrap: int = 0, level: float = DEFA
 
 def _named(x_KP: np.ndarray, names) -> dict[str, np.ndarray]:
     with np.errstate(over="ignore"):
-        return {names[0]: np.exp(x_KP[:, 0]), names[1]: np.exp(x_KP[:, 1]), names[2]: x_KP[:, 2],
-                names[3]: x_KP[:, 3]}
+        return {names[0]: np.exp(x_KP[:, 0]), names[1]: np.exp(x_KP[:, 1]), names[2]: x_KP[:, 2], names[3]: x_KP[:, 3]}
 
 
 def fit_kaplan_nd(table: RunTable, **kw) -> dict:
@@ -217,8 +251,10 @@ def bcrit_from_b_simple(table: RunTable, bin_width: float = LOSS_BIN_WIDTH) -> d
             tr.append(cv.gns_trace)
             g2.append(cv.gns_g2)
     if not loss:
-        raise UserError("L(N, S_min) and L(C_min) need B_crit(L): give a batch sweep (--sweep DIR) or runs that "
-                        "logged the in-loop noise scale (gns_trace, gns_g2 in metrics.jsonl)")
+        raise UserError(
+            "L(N, S_min) and L(C_min) need B_crit(L): give a batch sweep (--sweep DIR) or runs that "
+            "logged the in-loop noise scale (gns_trace, gns_g2 in metrics.jsonl)"
+        )
     loss, tr, g2 = (np.concatenate(v) for v in (loss, tr, g2))
     ok = np.isfinite(loss) & np.isfinite(tr) & np.isfinite(g2) & (loss > 0)
     loss, tr, g2 = loss[ok], tr[ok], g2[ok]
@@ -235,12 +271,20 @@ def bcrit_from_b_simple(table: RunTable, bin_width: float = LOSS_BIN_WIDTH) -> d
         else:
             dropped += 1
     if len(l_bin) < 2:
-        raise UserError("in-loop B_simple gives fewer than 2 loss bins with a positive noise scale; "
-                        "give a batch sweep (--sweep DIR)")
+        raise UserError(
+            "in-loop B_simple gives fewer than 2 loss bins with a positive noise scale; "
+            "give a batch sweep (--sweep DIR)"
+        )
     fit = fit_power_law(l_bin, b_bin, form="coef", names=("B_star", "k"))
-    return {"B_star": fit["B_star"], "inv_alpha_B": -fit["k"], "alpha_B": -1.0 / fit["k"] if fit["k"] else np.inf,
-            "source": "in-loop B_simple of the runs (sum tr(Sigma) / sum |G|^2 per loss bin)",
-            "loss": l_bin, "B_simple": b_bin, "n_bins_dropped": dropped}
+    return {
+        "B_star": fit["B_star"],
+        "inv_alpha_B": -fit["k"],
+        "alpha_B": -1.0 / fit["k"] if fit["k"] else np.inf,
+        "source": "in-loop B_simple of the runs (sum tr(Sigma) / sum |G|^2 per loss bin)",
+        "loss": l_bin,
+        "B_simple": b_bin,
+        "n_bins_dropped": dropped,
+    }
 
 
 def bcrit_from_sweep(sweep_dir) -> dict:
@@ -256,16 +300,22 @@ def bcrit_from_analysis(cb: dict, sweep_dir) -> dict:
     """The B_crit(L) law of a sweep already analysed (``analyze_sweep``'s dict)."""
     if not (np.isfinite(cb.get("B_star", np.nan)) and np.isfinite(cb.get("inv_alpha_B", np.nan))):
         raise UserError(f"{sweep_dir}: the sweep gives no B_crit(L) law (fewer than 2 usable target losses)")
-    return {"B_star": float(cb["B_star"]), "inv_alpha_B": float(cb["inv_alpha_B"]), "alpha_B": float(cb["alpha_B"]),
-            "source": f"batch-size sweep {sweep_dir} (fit-batch: B_crit = E_min/S_min per target loss)"}
+    return {
+        "B_star": float(cb["B_star"]),
+        "inv_alpha_B": float(cb["inv_alpha_B"]),
+        "alpha_B": float(cb["alpha_B"]),
+        "source": f"batch-size sweep {sweep_dir} (fit-batch: B_crit = E_min/S_min per target loss)",
+    }
 
 
 def _curve_points(table: RunTable, min_step_fraction: float):
     """Per curve point (after the first ``min_step_fraction`` of each run's steps, Kaplan's
     transient): run index, N, steps S, loss L, FLOPs C, batch size B (sequences)."""
     if table.curves is None or table.batch_size is None:
-        raise UserError("L(N, S_min) and L(C_min) need loss curves with steps and batch sizes (run directories, "
-                        "or a CSV with run, step and batch_size columns)")
+        raise UserError(
+            "L(N, S_min) and L(C_min) need loss curves with steps and batch sizes (run directories, "
+            "or a CSV with run, step and batch_size columns)"
+        )
     out = []
     for r, cv in enumerate(table.curves):
         b = float(table.batch_size[r])
@@ -279,8 +329,7 @@ def _curve_points(table: RunTable, min_step_fraction: float):
     return np.array(out, dtype=np.float64).T
 
 
-def fit_kaplan_ns_table(table: RunTable, bcrit: dict, *, min_step_fraction: float = MIN_STEP_FRACTION,
-                        **kw) -> dict:
+def fit_kaplan_ns_table(table: RunTable, bcrit: dict, *, min_step_fraction: float = MIN_STEP_FRACTION, **kw) -> dict:
     """``L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S`` on every curve point of every run,
     ``S_min = S/(1 + B_crit(L)/B)`` with B_crit(L) from ``bcrit`` (:func:`bcrit_from_sweep` or
     :func:`bcrit_from_b_simple`); the bootstrap resamples runs."""
@@ -302,8 +351,9 @@ def fit_kaplan_cmin(table: RunTable, bcrit: dict, **kw) -> dict:
     from scalinglab.scaling.envelope import envelope_points
 
     if table.curves is None or table.batch_size is None:
-        raise UserError("L(C_min) needs loss curves and batch sizes (run directories, or a CSV with run and "
-                        "batch_size columns)")
+        raise UserError(
+            "L(C_min) needs loss curves and batch sizes (run directories, or a CSV with run and batch_size columns)"
+        )
     curves = []
     for r, cv in enumerate(table.curves):
         b = float(table.batch_size[r])
@@ -311,7 +361,8 @@ def fit_kaplan_cmin(table: RunTable, bcrit: dict, **kw) -> dict:
             raise UserError(f"run {table.names[r]} has no loss curve or batch size for C_min")
         curves.append(replace(cv, flops=cv.flops / (1.0 + b / bcrit_at(bcrit, cv.loss))))
     env = envelope_points(replace(table, curves=curves))
-    res = _single(env["flops"], env["loss"], ("C_c", "alpha_C"), "kaplan-cmin", "L(C_min) = (C_c / C_min)^alpha_C",
-                  **kw)
+    res = _single(
+        env["flops"], env["loss"], ("C_c", "alpha_C"), "kaplan-cmin", "L(C_min) = (C_c / C_min)^alpha_C", **kw
+    )
     res["bcrit"] = {k: v for k, v in bcrit.items() if k in ("B_star", "inv_alpha_B", "alpha_B", "source")}
     return res

@@ -16,17 +16,43 @@ from scalinglab.scaling.flops_model import model_from_table
 from scalinglab.scaling.isoflop import fit_isoflop
 from scalinglab.scaling.load import RunTable, require_points
 
-LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "isoflop", "envelope", "kaplan-ns",
-        "kaplan-cmin")
+LAWS = (
+    "chinchilla",
+    "kaplan-n",
+    "kaplan-d",
+    "kaplan-c",
+    "kaplan-nd",
+    "isoflop",
+    "envelope",
+    "kaplan-ns",
+    "kaplan-cmin",
+)
 LOSS_LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd")
-N_PARAMS = {"chinchilla": 5, "kaplan-n": 2, "kaplan-d": 2, "kaplan-c": 2, "kaplan-nd": 4, "isoflop": 6,
-            "envelope": 2, "kaplan-ns": 1, "kaplan-cmin": 2}
+N_PARAMS = {
+    "chinchilla": 5,
+    "kaplan-n": 2,
+    "kaplan-d": 2,
+    "kaplan-c": 2,
+    "kaplan-nd": 4,
+    "isoflop": 6,
+    "envelope": 2,
+    "kaplan-ns": 1,
+    "kaplan-cmin": 2,
+}
 # ``--params auto``: each law in its paper's convention, so its numbers compare like for like
 # with the published ones (Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
 # out the embedding tables; see docs/readme/scaling.md).
-PAPER_CONVENTION = {"chinchilla": "total", "isoflop": "total", "envelope": "total", "kaplan-n": "non_embedding",
-                    "kaplan-d": "non_embedding", "kaplan-c": "non_embedding", "kaplan-nd": "non_embedding",
-                    "kaplan-ns": "non_embedding", "kaplan-cmin": "non_embedding"}
+PAPER_CONVENTION = {
+    "chinchilla": "total",
+    "isoflop": "total",
+    "envelope": "total",
+    "kaplan-n": "non_embedding",
+    "kaplan-d": "non_embedding",
+    "kaplan-c": "non_embedding",
+    "kaplan-nd": "non_embedding",
+    "kaplan-ns": "non_embedding",
+    "kaplan-cmin": "non_embedding",
+}
 
 
 def resolve_convention(law: str, params: str | None) -> str | None:
@@ -34,10 +60,21 @@ def resolve_convention(law: str, params: str | None) -> str | None:
     return PAPER_CONVENTION.get(law, "non_embedding") if params == "auto" else params
 
 
-def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0.95, seed: int = 0,
-            starts: np.ndarray | None = None, params: str | None = None,
-            huber_delta: float = chinchilla.HUBER_DELTA, isoflop_keep: int | None = None,
-            isoflop_window: float | None = None, envelope_method: str = "min", bcrit: dict | None = None) -> dict:
+def fit_law(
+    table: RunTable,
+    law: str,
+    *,
+    n_bootstrap: int = 0,
+    level: float = 0.95,
+    seed: int = 0,
+    starts: np.ndarray | None = None,
+    params: str | None = None,
+    huber_delta: float = chinchilla.HUBER_DELTA,
+    isoflop_keep: int | None = None,
+    isoflop_window: float | None = None,
+    envelope_method: str = "min",
+    bcrit: dict | None = None,
+) -> dict:
     """Fit ``law`` to ``table``; UserError for unknown laws or too few points.
 
     ``params``: the parameter convention N is counted in (``non_embedding``, ``total``,
@@ -57,12 +94,20 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
     row_warnings = quality.check_rows(table, law)
     kw = {"n_bootstrap": n_bootstrap, "level": level, "seed": seed}
     if law == "chinchilla":
-        result = chinchilla.fit_approach3(table.params, table.tokens, table.loss, starts=starts,
-                                          huber_delta=huber_delta, flops_model=model_from_table(table),
-                                          flops_range=(float(table.flops.min()), float(table.flops.max())), **kw)
+        result = chinchilla.fit_approach3(
+            table.params,
+            table.tokens,
+            table.loss,
+            starts=starts,
+            huber_delta=huber_delta,
+            flops_model=model_from_table(table),
+            flops_range=(float(table.flops.min()), float(table.flops.max())),
+            **kw,
+        )
     elif law == "isoflop":
-        result = fit_isoflop(table.params, table.tokens, table.flops, table.loss, keep=isoflop_keep,
-                             loss_window=isoflop_window, **kw)
+        result = fit_isoflop(
+            table.params, table.tokens, table.flops, table.loss, keep=isoflop_keep, loss_window=isoflop_window, **kw
+        )
     elif law == "envelope":
         result = fit_envelope(table, method=envelope_method, **kw)
     elif law in ("kaplan-ns", "kaplan-cmin"):
@@ -70,8 +115,12 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
         fit = kaplan.fit_kaplan_ns_table if law == "kaplan-ns" else kaplan.fit_kaplan_cmin
         result = fit(table, bc, **kw)
     else:
-        fit = {"kaplan-n": kaplan.fit_kaplan_n, "kaplan-d": kaplan.fit_kaplan_d, "kaplan-c": kaplan.fit_kaplan_c,
-               "kaplan-nd": kaplan.fit_kaplan_nd}[law]
+        fit = {
+            "kaplan-n": kaplan.fit_kaplan_n,
+            "kaplan-d": kaplan.fit_kaplan_d,
+            "kaplan-c": kaplan.fit_kaplan_c,
+            "kaplan-nd": kaplan.fit_kaplan_nd,
+        }[law]
         result = fit(table, **kw)
     result["params_convention"] = table.params_convention
     result["params_source"] = table.params_source()
@@ -80,9 +129,15 @@ def fit_law(table: RunTable, law: str, *, n_bootstrap: int = 0, level: float = 0
 
 # Distinct values a law needs along each axis: a power law in N cannot be fitted on one N, and
 # approach 3's E + A/N^α + B/D^β needs three N and three D to separate E, A, α (B, β).
-_DISTINCT = {"chinchilla": {"params": 3, "tokens": 3}, "kaplan-n": {"params": 2}, "kaplan-d": {"tokens": 2},
-             "kaplan-c": {"flops": 2}, "kaplan-nd": {"params": 2, "tokens": 2}, "isoflop": {"params": 3},
-             "envelope": {"flops": 2}}
+_DISTINCT = {
+    "chinchilla": {"params": 3, "tokens": 3},
+    "kaplan-n": {"params": 2},
+    "kaplan-d": {"tokens": 2},
+    "kaplan-c": {"flops": 2},
+    "kaplan-nd": {"params": 2, "tokens": 2},
+    "isoflop": {"params": 3},
+    "envelope": {"flops": 2},
+}
 _AXIS = {"params": "N", "tokens": "D", "flops": "C"}
 
 
@@ -93,8 +148,10 @@ def require_identifiable(table: RunTable, law: str) -> None:
         values = np.asarray(getattr(table, axis), dtype=float)
         have = len(np.unique(values[np.isfinite(values)]))
         if have < need:
-            raise UserError(f"cannot identify {law}: its {len(values)} rows have {have} distinct "
-                            f"{_AXIS[axis]} value{'s' if have != 1 else ''}, it needs at least {need}")
+            raise UserError(
+                f"cannot identify {law}: its {len(values)} rows have {have} distinct "
+                f"{_AXIS[axis]} value{'s' if have != 1 else ''}, it needs at least {need}"
+            )
     if len(np.unique(np.asarray(table.loss, dtype=float))) < 2:
         raise UserError(f"cannot identify {law}: every row has the same loss")
 

@@ -32,8 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from scalinglab.errors import UserError
-from scalinglab.rundir import (CONFIG_FILE, LR_SEARCH_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_FILE, is_complete, is_run_dir,
-                               read_metrics)
+from scalinglab.rundir import (
+    CONFIG_FILE,
+    LR_SEARCH_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    is_complete,
+    is_run_dir,
+    read_metrics,
+)
 
 REQUIRED_COLUMNS = ("params", "tokens", "loss")
 OPTIONAL_NUMERIC = ("flops", "params_total", "params_with_head", "step", "batch_size", "seq_len")
@@ -92,7 +100,7 @@ class RunTable:
     def __len__(self) -> int:
         return int(self.params.size)
 
-    def subset(self, mask_or_index) -> "RunTable":
+    def subset(self, mask_or_index) -> RunTable:
         """Rows selected by a boolean mask or an index array."""
         idx = np.arange(len(self))[np.asarray(mask_or_index)]
         changes = {}
@@ -105,7 +113,7 @@ class RunTable:
         changes["warnings"] = list(self.warnings)
         return replace(self, **changes)
 
-    def with_params(self, convention: str) -> "RunTable":
+    def with_params(self, convention: str) -> RunTable:
         """A copy whose ``params`` column is the parameter count of ``convention`` (one of
         ``PARAMS_CONVENTIONS``). Run directories record every count; a CSV's ``params`` column
         is taken to be in ``convention`` unless the CSV has that convention's own column
@@ -117,15 +125,23 @@ class RunTable:
         if col is None and self.params_assumed:
             col = base
         if col is None or not np.all(np.isfinite(col)) or np.any(col <= 0):
-            raise UserError(f"{self.source}: --params {convention} needs a positive {PARAMS_COLUMN[convention]} "
-                            "for every run (a CSV column, or config.json accounting for run directories)")
-        return replace(self, params=np.asarray(col, np.float64), params_non_embedding=base,
-                       params_convention=convention, warnings=list(self.warnings))
+            raise UserError(
+                f"{self.source}: --params {convention} needs a positive {PARAMS_COLUMN[convention]} "
+                "for every run (a CSV column, or config.json accounting for run directories)"
+            )
+        return replace(
+            self,
+            params=np.asarray(col, np.float64),
+            params_non_embedding=base,
+            params_convention=convention,
+            warnings=list(self.warnings),
+        )
 
     def params_source(self) -> str:
         """Where ``params`` came from, in words (for the JSON and the report)."""
-        if self.params_assumed and (self.params_convention == "non_embedding"
-                                    or getattr(self, PARAMS_COLUMN[self.params_convention]) is None):
+        if self.params_assumed and (
+            self.params_convention == "non_embedding" or getattr(self, PARAMS_COLUMN[self.params_convention]) is None
+        ):
             return f"the CSV's params column, taken as {self.params_convention}"
         if self.params_assumed:
             return f"the CSV's {PARAMS_COLUMN[self.params_convention]} column"
@@ -135,8 +151,13 @@ class RunTable:
         """One JSON-able dict per row (name, params, tokens, flops, loss, and what else is known)."""
         out = []
         for i in range(len(self)):
-            rec = {"name": self.names[i], "params": float(self.params[i]), "tokens": float(self.tokens[i]),
-                   "flops": float(self.flops[i]), "loss": float(self.loss[i])}
+            rec = {
+                "name": self.names[i],
+                "params": float(self.params[i]),
+                "tokens": float(self.tokens[i]),
+                "flops": float(self.flops[i]),
+                "loss": float(self.loss[i]),
+            }
             for key in ("params_total", "params_with_head", "best_loss", "steps", "batch_size", "seq_len"):
                 col = getattr(self, key)
                 if col is not None and np.isfinite(col[i]):
@@ -147,8 +168,13 @@ class RunTable:
         return out
 
 
-def load_source(path: str | os.PathLike, *, include_incomplete: bool = False,
-                exclude_sweeps: bool = False, columns: dict[str, str] | None = None) -> RunTable:
+def load_source(
+    path: str | os.PathLike,
+    *,
+    include_incomplete: bool = False,
+    exclude_sweeps: bool = False,
+    columns: dict[str, str] | None = None,
+) -> RunTable:
     """Load a CSV file, a run directory, or a directory of run directories (recursive).
 
     ``exclude_sweeps``: skip run directories inside a batch sweep (a folder with ``sweep.json``) or a
@@ -220,8 +246,10 @@ def load_csv(path: str | os.PathLike, *, columns: dict[str, str] | None = None) 
             where[key] = lower.index(key)
     missing = [c for c in REQUIRED_COLUMNS if c not in where]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (header must contain params,tokens,loss"
-                        " or map them with --columns params=...,tokens=...,loss=...)")
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)} (header must contain params,tokens,loss"
+            " or map them with --columns params=...,tokens=...,loss=...)"
+        )
     numeric = [c for c in REQUIRED_COLUMNS + OPTIONAL_NUMERIC if c in where]
     cols: dict[str, list[float]] = {c: [] for c in numeric}
     text: dict[str, list[str]] = {c: [] for c in OPTIONAL_TEXT}
@@ -247,9 +275,18 @@ def load_csv(path: str | os.PathLike, *, columns: dict[str, str] | None = None) 
         arr["flops"] = 6.0 * arr["params"] * arr["tokens"]
     opt = {c: arr.get(c) for c in ("params_total", "params_with_head", "batch_size", "seq_len")}
     if "run" not in where:
-        return RunTable(params=arr["params"], tokens=arr["tokens"], flops=arr["flops"], loss=arr["loss"],
-                        names=text["name"], source=str(p), steps=arr.get("step"), flops_given=flops_given,
-                        params_assumed=True, **opt)
+        return RunTable(
+            params=arr["params"],
+            tokens=arr["tokens"],
+            flops=arr["flops"],
+            loss=arr["loss"],
+            names=text["name"],
+            source=str(p),
+            steps=arr.get("step"),
+            flops_given=flops_given,
+            params_assumed=True,
+            **opt,
+        )
     return _runs_from_rows(p, arr, text["run"], flops_given)
 
 
@@ -267,18 +304,38 @@ def _runs_from_rows(p: Path, arr: dict[str, np.ndarray], run_R: list[str], flops
         idx = idx[np.argsort(arr["tokens"][idx], kind="stable")]
         last.append(idx[-1])
         steps = arr["step"][idx] if "step" in arr else np.full(idx.size, np.nan)
-        curves.append(Curve(step=steps, tokens=arr["tokens"][idx], flops=arr["flops"][idx], loss=arr["loss"][idx],
-                            train_loss=arr["loss"][idx], loss_kind="csv"))
+        curves.append(
+            Curve(
+                step=steps,
+                tokens=arr["tokens"][idx],
+                flops=arr["flops"][idx],
+                loss=arr["loss"][idx],
+                train_loss=arr["loss"][idx],
+                loss_kind="csv",
+            )
+        )
     last = np.array(last)
 
     def pick(key):
         return None if arr.get(key) is None else arr[key][last]
 
-    return RunTable(params=arr["params"][last], tokens=arr["tokens"][last], flops=arr["flops"][last],
-                    loss=arr["loss"][last], names=labels, source=str(p), params_total=pick("params_total"),
-                    best_loss=np.array([cv.loss.min() for cv in curves]), steps=pick("step"),
-                    batch_size=pick("batch_size"), seq_len=pick("seq_len"), curves=curves,
-                    params_with_head=pick("params_with_head"), flops_given=flops_given, params_assumed=True)
+    return RunTable(
+        params=arr["params"][last],
+        tokens=arr["tokens"][last],
+        flops=arr["flops"][last],
+        loss=arr["loss"][last],
+        names=labels,
+        source=str(p),
+        params_total=pick("params_total"),
+        best_loss=np.array([cv.loss.min() for cv in curves]),
+        steps=pick("step"),
+        batch_size=pick("batch_size"),
+        seq_len=pick("seq_len"),
+        curves=curves,
+        params_with_head=pick("params_with_head"),
+        flops_given=flops_given,
+        params_assumed=True,
+    )
 
 
 def require_points(table: RunTable, n_params: int, law: str) -> None:
@@ -307,14 +364,18 @@ def _curve(records: list[dict]) -> Curve | None:
     gns = [r for r in pts if _num(r.get("gns_trace")) and _num(r.get("gns_g2"))]
     # a windowed estimate is attributed to its window's centre step (gns_step); its loss is the
     # training loss interpolated there
-    gns_step = np.array([float(r["gns_step"]) if _num(r.get("gns_step")) else float(r.get("step", np.nan))
-                         for r in gns])
+    gns_step = np.array(
+        [float(r["gns_step"]) if _num(r.get("gns_step")) else float(r.get("step", np.nan)) for r in gns]
+    )
     steps_all = np.array([float(r.get("step", np.nan)) for r in pts])
     loss_all = np.array([float(r["loss"]) for r in pts])
     finite = np.isfinite(steps_all)
     xs, first = np.unique(steps_all[finite], return_index=True)  # sorted; a resumed run may repeat steps
-    gns_loss = (np.interp(gns_step, xs, loss_all[finite][first]) if gns and xs.size
-                else np.array([float(r["loss"]) for r in gns]))
+    gns_loss = (
+        np.interp(gns_step, xs, loss_all[finite][first])
+        if gns and xs.size
+        else np.array([float(r["loss"]) for r in gns])
+    )
     return Curve(
         gns_step=gns_step,
         gns_loss=np.asarray(gns_loss, np.float64).reshape(-1),
@@ -364,13 +425,20 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     model = config.get("model", {}) or {}
     head = (model.get("vocab_size") or 0) * (model.get("d_model") or 0)
     return {
-        "name": config.get("name") or d.name, "dir": str(d), "params": float(n),
+        "name": config.get("name") or d.name,
+        "dir": str(d),
+        "params": float(n),
         "params_with_head": float(n + head) if _num(head) and head > 0 else np.nan,
         "params_total": float(acct.get("total", summary.get("total", np.nan)) or np.nan),
-        "tokens": float(tokens), "flops": float(flops), "loss": float(loss), "best_loss": float(best),
-        "complete": complete, "steps": float(summary.get("steps", last.get("step", np.nan))),
+        "tokens": float(tokens),
+        "flops": float(flops),
+        "loss": float(loss),
+        "best_loss": float(best),
+        "complete": complete,
+        "steps": float(summary.get("steps", last.get("step", np.nan))),
         "batch_size": float(summary.get("batch_size", train.get("batch_size", np.nan))),
-        "seq_len": float(summary.get("seq_len", train.get("seq_len", np.nan))), "curve": curve,
+        "seq_len": float(summary.get("seq_len", train.get("seq_len", np.nan))),
+        "curve": curve,
     }
 
 
@@ -395,9 +463,19 @@ def _table_from_runs(dirs: list[Path], source: str, include_incomplete: bool) ->
         return np.array([r[key] for r in runs], dtype=np.float64)
 
     return RunTable(
-        params=col("params"), tokens=col("tokens"), flops=col("flops"), loss=col("loss"),
-        names=[r["name"] for r in runs], source=source, params_total=col("params_total"),
-        best_loss=col("best_loss"), complete=np.array([r["complete"] for r in runs]), steps=col("steps"),
-        batch_size=col("batch_size"), seq_len=col("seq_len"), curves=[r["curve"] for r in runs], warnings=warnings,
+        params=col("params"),
+        tokens=col("tokens"),
+        flops=col("flops"),
+        loss=col("loss"),
+        names=[r["name"] for r in runs],
+        source=source,
+        params_total=col("params_total"),
+        best_loss=col("best_loss"),
+        complete=np.array([r["complete"] for r in runs]),
+        steps=col("steps"),
+        batch_size=col("batch_size"),
+        seq_len=col("seq_len"),
+        curves=[r["curve"] for r in runs],
+        warnings=warnings,
         params_with_head=col("params_with_head"),
     )

@@ -18,7 +18,8 @@ starts and then :func:`polish` the best few in float64 with the strong-Wolfe lin
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -145,8 +146,9 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(loss_fn: LossFn, method: str, max_iter: int, gtol: float, ftol: float, ls_steps: int,
-              value_and_grad_fn=None):
+def _compiled(
+    loss_fn: LossFn, method: str, max_iter: int, gtol: float, ftol: float, ls_steps: int, value_and_grad_fn=None
+):
     if method == "lockstep":
         return jax.jit(functools.partial(_fast_solve, loss_fn, value_and_grad_fn, max_iter, gtol, 10))
     solve = functools.partial(_solve_one, loss_fn, max_iter, gtol, ftol, ls_steps)
@@ -189,8 +191,7 @@ def minimize_batch(
     if method not in ("zoom", "lockstep"):
         raise ValueError("method must be zoom or lockstep")
     with jax.enable_x64(dtype == "float64"):
-        solver = _compiled(loss_fn, method, int(max_iter), float(gtol), float(ftol), int(ls_steps),
-                           value_and_grad_fn)
+        solver = _compiled(loss_fn, method, int(max_iter), float(gtol), float(ftol), int(ls_steps), value_and_grad_fn)
         x0_MP = np.asarray(x0_MP, dtype=np.float64)
         weights_MN = np.asarray(weights_MN, dtype=np.float64)
         m, n = weights_MN.shape
@@ -201,8 +202,10 @@ def minimize_batch(
         d = jax.tree.map(lambda a: jnp.asarray(np.pad(np.asarray(a, np.float64), (0, n_pad - n)), dtype=dtype), data)
         x, value, it, gnorm = solver(x0, w, d)
         out = BatchResult(
-            np.asarray(x, np.float64)[:m], np.asarray(value, np.float64)[:m],
-            np.asarray(it)[:m], np.asarray(gnorm, np.float64)[:m],
+            np.asarray(x, np.float64)[:m],
+            np.asarray(value, np.float64)[:m],
+            np.asarray(it)[:m],
+            np.asarray(gnorm, np.float64)[:m],
         )
     return out
 

@@ -59,7 +59,11 @@ def plot_loss_curves(table: RunTable, path) -> None:
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("loss curves (final points as dots)")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"N ({table.params_convention.replace('_', '-')} parameters)")
+    fig.colorbar(
+        plt.cm.ScalarMappable(norm=norm, cmap=cmap),
+        ax=ax,
+        label=f"N ({table.params_convention.replace('_', '-')} parameters)",
+    )
     _finish(fig, path)
 
 
@@ -78,8 +82,7 @@ def plot_frontier(table: RunTable, path, fits: dict | None = None) -> None:
     c_grid = np.geomspace(table.flops.min() / 2, table.flops.max() * 4, 100)
     if "kaplan-n" in fits:
         p = fits["kaplan-n"]
-        ax_n.plot(n_grid, kaplan.predict_loss(p, n_params=n_grid), "k--",
-                  label=f"L(N) = (N_c/N)^{p['alpha_N']:.3f}")
+        ax_n.plot(n_grid, kaplan.predict_loss(p, n_params=n_grid), "k--", label=f"L(N) = (N_c/N)^{p['alpha_N']:.3f}")
     if "kaplan-c" in fits:
         p = fits["kaplan-c"]
         ax_c.plot(c_grid, kaplan.predict_loss(p, flops=c_grid), "k--", label=f"L(C) = (C_c/C)^{p['alpha_C']:.3f}")
@@ -100,10 +103,13 @@ def plot_isoflop(table: RunTable, path, result: dict | None = None) -> None:
     """IsoFLOP profiles: loss vs N per FLOP budget with the fitted parabolas and their minima;
     a second panel shows N_opt vs C with the fitted power law when ``result`` is given."""
     sel = (result or {}).get("selection") or {}
-    profiles, _, _ = isoflop_profiles(table.params, table.tokens, table.flops, table.loss, keep=sel.get("keep"),
-                                      loss_window=sel.get("loss_window"))
+    profiles, _, _ = isoflop_profiles(
+        table.params, table.tokens, table.flops, table.loss, keep=sel.get("keep"), loss_window=sel.get("loss_window")
+    )
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    norm = LogNorm(vmin=min((p["flops"] for p in profiles), default=1), vmax=max((p["flops"] for p in profiles), default=10))
+    norm = LogNorm(
+        vmin=min((p["flops"] for p in profiles), default=1), vmax=max((p["flops"] for p in profiles), default=10)
+    )
     cmap = plt.get_cmap("plasma")
     for p in profiles:
         idx = np.asarray(p["index"])
@@ -192,11 +198,14 @@ def write_plots(table: RunTable, law: str, result: dict, out_dir, *, force: bool
     tmp = temp_dir_beside(out)
     try:
         plot_loss_curves(table, tmp / "loss_curves.png")
-        plot_frontier(table, tmp / "frontier.png", {law: result} if law in ("kaplan-n", "kaplan-c", "chinchilla") else {})
+        plot_frontier(
+            table, tmp / "frontier.png", {law: result} if law in ("kaplan-n", "kaplan-c", "chinchilla") else {}
+        )
         if law == "chinchilla":
             plot_contours(table, result, tmp / "contours.png")
-        if law == "isoflop" or (law == "chinchilla" and isoflop_profiles(
-                table.params, table.tokens, table.flops, table.loss)[0]):
+        if law == "isoflop" or (
+            law == "chinchilla" and isoflop_profiles(table.params, table.tokens, table.flops, table.loss)[0]
+        ):
             plot_isoflop(table, tmp / "isoflop.png", result if law == "isoflop" else None)
         if law in LOSS_LAWS:
             plot_residuals(table, predict_table(result, table), tmp / "residuals.png", law)

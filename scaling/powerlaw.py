@@ -16,7 +16,7 @@ Every fit returns a plain JSON-able dict (see :func:`fit_power_law`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -154,5 +154,4 @@ def bootstrap_fields(samples: dict[str, np.ndarray], level: float) -> dict:
 
 def strip_samples(result: dict) -> dict:
     """A copy of a fit result without the (long) ``bootstrap_samples`` lists, for printing."""
-    return {k: strip_samples(v) if isinstance(v, dict) else v
-            for k, v in result.items() if k != "bootstrap_samples"}
+    return {k: strip_samples(v) if isinstance(v, dict) else v for k, v in result.items() if k != "bootstrap_samples"}

@@ -22,12 +22,23 @@ from scalinglab.errors import UserError
 
 MAX_RATIO = 10.0
 PLAUSIBLE = {
-    "alpha": (0.05, 2.0), "beta": (0.05, 2.0), "a": (0.1, 0.9), "b": (0.1, 0.9),
-    "alpha_N": (0.01, 2.0), "alpha_D": (0.01, 2.0), "alpha_C": (0.005, 2.0), "alpha_S": (0.01, 2.0),
+    "alpha": (0.05, 2.0),
+    "beta": (0.05, 2.0),
+    "a": (0.1, 0.9),
+    "b": (0.1, 0.9),
+    "alpha_N": (0.01, 2.0),
+    "alpha_D": (0.01, 2.0),
+    "alpha_C": (0.005, 2.0),
+    "alpha_S": (0.01, 2.0),
 }
 # which columns must vary for a law to be identified
-NEEDS_SPREAD = {"chinchilla": ("params", "tokens"), "kaplan-nd": ("params", "tokens"), "kaplan-n": ("params",),
-                "kaplan-d": ("tokens",), "kaplan-ns": ("params",)}
+NEEDS_SPREAD = {
+    "chinchilla": ("params", "tokens"),
+    "kaplan-nd": ("params", "tokens"),
+    "kaplan-n": ("params",),
+    "kaplan-d": ("tokens",),
+    "kaplan-ns": ("params",),
+}
 NOT_IDENTIFIED = "not identified"
 
 
@@ -43,8 +54,10 @@ def check_rows(table, law: str) -> list[str]:
         k = np.unique(cols[col]).size
         name = {"params": "model size N", "tokens": "token count D"}[col]
         if k < 2:
-            raise UserError(f"law {law}: every row has the same {name} ({cols[col][0]:.4g}); the law's {name} "
-                            "term cannot be identified")
+            raise UserError(
+                f"law {law}: every row has the same {name} ({cols[col][0]:.4g}); the law's {name} "
+                "term cannot be identified"
+            )
         if k < 3 and law in ("chinchilla", "kaplan-nd"):
             warnings.append(f"only {k} distinct values of {name}: the {name} exponent rests on two points")
     return warnings
@@ -87,8 +100,10 @@ def assess(result: dict, table=None) -> dict:
     if result.get("law") == "chinchilla" and table is not None and np.size(table.loss):
         lowest = float(np.min(table.loss))
         if float(params["E"]) >= lowest:
-            warnings.append(f"E = {float(params['E']):.4g} is at or above the lowest observed loss {lowest:.4g}: "
-                            "the fit puts the loss floor above the data")
+            warnings.append(
+                f"E = {float(params['E']):.4g} is at or above the lowest observed loss {lowest:.4g}: "
+                "the fit puts the loss floor above the data"
+            )
     ni = not_identified(result)
     for name, reason in ni.items():
         warnings.append(f"{name} {NOT_IDENTIFIED}: {reason}")

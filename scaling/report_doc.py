@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ class Figure:
     caption: str
 
 
-Block = Union[Heading, Paragraph, Table, Figure]
+Block = Heading | Paragraph | Table | Figure
 
 
 def to_markdown(blocks: Sequence[Block], base: Path) -> str:
@@ -73,8 +73,10 @@ def _inline(text: str) -> str:
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
     """One HTML file with every figure embedded as a base64 PNG (no external files)."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{_CSS}</style></head><body>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+    ]
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
@@ -86,7 +88,9 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(b, Figure):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
+            out.append(
+                f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{_inline(b.caption)}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out)

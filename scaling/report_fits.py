@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,13 @@ from scalinglab.scaling.load import RunTable
 
 DEFAULT_BOOTSTRAP = 1000
 # fits.json key -> law, in the order the report shows them
-LOSS_FITS = {"kaplan_n": "kaplan-n", "kaplan_c": "kaplan-c", "approach1_envelope": "envelope",
-             "approach2_isoflop": "isoflop", "approach3_parametric": "chinchilla"}
+LOSS_FITS = {
+    "kaplan_n": "kaplan-n",
+    "kaplan_c": "kaplan-c",
+    "approach1_envelope": "envelope",
+    "approach2_isoflop": "isoflop",
+    "approach3_parametric": "chinchilla",
+}
 ALLOCATION_FITS = ("approach1_envelope", "approach2_isoflop", "approach3_parametric")
 HOLDOUT_FITS = ("approach3_parametric", "approach2_isoflop", "kaplan_n")
 
@@ -120,8 +126,9 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
         _try(fits, key, lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed, params="auto"))
 
     next_c = float(budgets.max()) * 10.0
-    fits["allocation_next_10x"] = {key: allocate(rf.result(key), next_c) for key in ALLOCATION_FITS
-                                   if rf.result(key) is not None}
+    fits["allocation_next_10x"] = {
+        key: allocate(rf.result(key), next_c) for key in ALLOCATION_FITS if rf.result(key) is not None
+    }
 
     hold: dict[str, Any] = {}
     for key in HOLDOUT_FITS:
@@ -141,8 +148,12 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
     rate = _entropy_rate(runs_dir)
     a3 = rf.result("approach3_parametric")
     if rate is not None and a3 is not None:
-        fits["entropy_rate_check"] = {"entropy_rate": rate, "fitted_E": a3["E"], "E_ci": (a3.get("ci") or {}).get("E"),
-                                      "rel_error": a3["E"] / rate - 1.0}
+        fits["entropy_rate_check"] = {
+            "entropy_rate": rate,
+            "fitted_E": a3["E"],
+            "E_ci": (a3.get("ci") or {}).get("E"),
+            "rel_error": a3["E"] / rate - 1.0,
+        }
 
     for sweep_dir in _sweep_dirs(runs_dir):
         from scalinglab.scaling.batch_load import load_sweep
@@ -168,6 +179,9 @@ def fit_report(runs_dir: Path, *, n_bootstrap: int, holdout_budgets: int, seed: 
         except UserError:
             continue
     for key, law in (("kaplan_ns", "kaplan-ns"), ("kaplan_cmin", "kaplan-cmin")):
-        _try(fits, key, lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed, params="auto",
-                                                bcrit=bcrit))
+        _try(
+            fits,
+            key,
+            lambda law=law: fit_law(table, law, n_bootstrap=n_bootstrap, seed=seed, params="auto", bcrit=bcrit),
+        )
     return rf

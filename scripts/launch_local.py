@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def free_port() -> int:
@@ -32,20 +32,22 @@ def process_envs(n: int, devices_per_process: int, port: int, base: dict | None 
     envs = []
     for i in range(n):
         env = dict(os.environ if base is None else base)
-        env.update({
-            "SCALINGLAB_COORDINATOR": f"127.0.0.1:{port}",
-            "SCALINGLAB_NUM_PROCESSES": str(n),
-            "SCALINGLAB_PROCESS_ID": str(i),
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-        })
+        env.update(
+            {
+                "SCALINGLAB_COORDINATOR": f"127.0.0.1:{port}",
+                "SCALINGLAB_NUM_PROCESSES": str(n),
+                "SCALINGLAB_PROCESS_ID": str(i),
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+            }
+        )
         envs.append(env)
     return envs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="scalinglab-launch-local", description=__doc__.split("\n\n")[0])
     p.add_argument("--processes", type=int, default=2)

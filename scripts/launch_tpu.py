@@ -31,14 +31,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Cloud TPU software versions per generation (cloud.google.com/tpu/docs/runtimes).
-IMAGES = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
-          "v6e": "v2-alpha-tpuv6e"}
+IMAGES = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 _GENERATION = {"v4": "v4", "v5litepod": "v5e", "v5e": "v5e", "v5p": "v5p", "v6e": "v6e"}
 UV_VERSION = "0.13.9"
 
@@ -47,8 +46,10 @@ def generation(accelerator_type: str) -> str:
     """``v4``, ``v5e``, ``v5p`` or ``v6e`` from an accelerator type such as ``v5litepod-16``."""
     m = re.fullmatch(r"(v4|v5litepod|v5e|v5p|v6e)-\d+", accelerator_type)
     if not m:
-        raise SystemExit(f"scalinglab-launch-tpu: error: unknown --accelerator-type {accelerator_type!r} "
-                         "(expected v4-N, v5litepod-N, v5p-N or v6e-N)")
+        raise SystemExit(
+            f"scalinglab-launch-tpu: error: unknown --accelerator-type {accelerator_type!r} "
+            "(expected v4-N, v5litepod-N, v5p-N or v6e-N)"
+        )
     return _GENERATION[m.group(1)]
 
 
@@ -71,16 +72,41 @@ def node_commands(args: argparse.Namespace, state: str | None) -> list[list[str]
     cmds: list[list[str]] = []
     if state is not None:
         if args.queued:
-            cmds.append(["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *where,
-                         "--force", "--quiet"])
+            cmds.append(
+                ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *where, "--force", "--quiet"]
+            )
         else:
             cmds.append(["gcloud", "compute", "tpus", "tpu-vm", "delete", args.name, *where, "--quiet"])
     if args.queued:
-        create = ["gcloud", "compute", "tpus", "queued-resources", "create", args.name, "--node-id", args.name,
-                  *where, "--accelerator-type", args.accelerator_type, "--runtime-version", version]
+        create = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            args.name,
+            "--node-id",
+            args.name,
+            *where,
+            "--accelerator-type",
+            args.accelerator_type,
+            "--runtime-version",
+            version,
+        ]
     else:
-        create = ["gcloud", "compute", "tpus", "tpu-vm", "create", args.name, *where,
-                  "--accelerator-type", args.accelerator_type, "--version", version]
+        create = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            args.name,
+            *where,
+            "--accelerator-type",
+            args.accelerator_type,
+            "--version",
+            version,
+        ]
     if args.spot:
         create.append("--spot")
     cmds.append(create)
@@ -88,8 +114,18 @@ def node_commands(args: argparse.Namespace, state: str | None) -> list[list[str]
 
 
 def _ssh(args: argparse.Namespace, worker: str, command: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, *_where(args), f"--worker={worker}",
-            "--command", command]
+    return [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        args.name,
+        *_where(args),
+        f"--worker={worker}",
+        "--command",
+        command,
+    ]
 
 
 def job_commands(args: argparse.Namespace, command: Sequence[str]) -> list[list[str]]:
@@ -97,23 +133,46 @@ def job_commands(args: argparse.Namespace, command: Sequence[str]) -> list[list[
     tarball = tarball_path(args.name)
     cmds = [
         ["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", tarball, "HEAD"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, f"{args.name}:~/scalinglab-src.tar.gz",
-         *_where(args), "--worker=all"],
-        _ssh(args, "all",
-             "rm -rf ~/scalinglab && mkdir -p ~/scalinglab && tar xzf ~/scalinglab-src.tar.gz -C ~/scalinglab && "
-             f"cd ~/scalinglab && python3 -m pip install --user -q uv=={UV_VERSION} && "
-             "~/.local/bin/uv sync --frozen --python 3.11 --extra tpu"),
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "scp",
+            tarball,
+            f"{args.name}:~/scalinglab-src.tar.gz",
+            *_where(args),
+            "--worker=all",
+        ],
+        _ssh(
+            args,
+            "all",
+            "rm -rf ~/scalinglab && mkdir -p ~/scalinglab && tar xzf ~/scalinglab-src.tar.gz -C ~/scalinglab && "
+            f"cd ~/scalinglab && python3 -m pip install --user -q uv=={UV_VERSION} && "
+            "~/.local/bin/uv sync --frozen --python 3.11 --extra tpu",
+        ),
     ]
     if args.prepare:
-        cmds.append(_ssh(args, "0", "cd ~/scalinglab && .venv/bin/scalinglab data prepare "
-                                    f"--dataset {shlex.quote(args.prepare)} --data-dir {shlex.quote(args.data_dir)}"))
+        cmds.append(
+            _ssh(
+                args,
+                "0",
+                "cd ~/scalinglab && .venv/bin/scalinglab data prepare "
+                f"--dataset {shlex.quote(args.prepare)} --data-dir {shlex.quote(args.data_dir)}",
+            )
+        )
     words = list(command)
     if words and words[0] == "scalinglab":
         words[0] = ".venv/bin/scalinglab"
     log = f"~/scalinglab-logs/{args.name}-$(hostname).log"
-    cmds.append(_ssh(args, "all",
-                     f"mkdir -p ~/scalinglab-logs && cd ~/scalinglab && SCALINGLAB_DISTRIBUTED=1 nohup "
-                     f"{shlex.join(words)} > {log} 2>&1 < /dev/null &"))
+    cmds.append(
+        _ssh(
+            args,
+            "all",
+            f"mkdir -p ~/scalinglab-logs && cd ~/scalinglab && SCALINGLAB_DISTRIBUTED=1 nohup "
+            f"{shlex.join(words)} > {log} 2>&1 < /dev/null &",
+        )
+    )
     return cmds
 
 
@@ -125,22 +184,32 @@ def _gcloud_value(cmd: list[str]) -> str | None:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        sys.stderr.write("scalinglab-launch-tpu: error: gcloud not found; install the Google Cloud SDK "
-                         "or use --dry-run\n")
-        raise SystemExit(2)
+        sys.stderr.write(
+            "scalinglab-launch-tpu: error: gcloud not found; install the Google Cloud SDK or use --dry-run\n"
+        )
+        raise SystemExit(2) from None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def node_state(args: argparse.Namespace) -> str | None:
     """The node's state (READY, PREEMPTED, CREATING, ...), or None when it does not exist."""
-    return _gcloud_value(["gcloud", "compute", "tpus", "tpu-vm", "describe", args.name, *_where(args),
-                          "--format=value(state)"])
+    return _gcloud_value(
+        ["gcloud", "compute", "tpus", "tpu-vm", "describe", args.name, *_where(args), "--format=value(state)"]
+    )
 
 
 def wait_for_queued(args: argparse.Namespace, poll_s: float = 60.0) -> None:
     """Block until the queued resource is ACTIVE (its node exists); exit 1 if it FAILED."""
-    probe = ["gcloud", "compute", "tpus", "queued-resources", "describe", args.name, *_where(args),
-             "--format=value(state.state)"]
+    probe = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "describe",
+        args.name,
+        *_where(args),
+        "--format=value(state.state)",
+    ]
     while True:
         state = _gcloud_value(probe)
         if state == "ACTIVE":
@@ -154,7 +223,7 @@ def wait_for_queued(args: argparse.Namespace, poll_s: float = 60.0) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="scalinglab-launch-tpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="TPU node name (reused while READY)")

@@ -43,8 +43,7 @@ _GENERATIONS = {
     "v6e": ("v6e", False, 1),
 }
 _SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-              512: "8x8x8"}
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 
 
 def require_libtpu() -> None:
@@ -107,8 +106,16 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
         needed = _refused_bytes(str(e))
         if needed is None:
             raise
-        return _result(cfg, model_cfg, topology, devices, fits=False, hbm=needed, state_bytes=state_bytes,
-                       memory_source="the compiler's out-of-memory refusal (rounded to 0.01 GiB)")
+        return _result(
+            cfg,
+            model_cfg,
+            topology,
+            devices,
+            fits=False,
+            hbm=needed,
+            state_bytes=state_bytes,
+            memory_source="the compiler's out-of-memory refusal (rounded to 0.01 GiB)",
+        )
     mem = compiled.memory_analysis()
     k = built.micro_steps
     if k == 1:
@@ -116,17 +123,40 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
     else:  # the loop-free step of one microbatch, K times
         unit = dataclasses.replace(cfg, batch_size=cfg.batch_size // k, grad_accum=1, gns=False)
         step_s = k * _optimal_seconds(
-            lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered.compile())
+            lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered.compile()
+        )
         method = f"{k} x xla optimal_seconds of one microbatch"
-    hbm = int(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
-              - mem.alias_size_in_bytes)
+    hbm = int(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
     capacity = hbm_capacity(devices[0].device_kind)
-    return _result(cfg, model_cfg, topology, devices, fits=capacity is not None and hbm <= capacity, hbm=hbm,
-                   state_bytes=state_bytes, memory_source="memory_analysis", mem=mem, step_s=step_s, method=method)
+    return _result(
+        cfg,
+        model_cfg,
+        topology,
+        devices,
+        fits=capacity is not None and hbm <= capacity,
+        hbm=hbm,
+        state_bytes=state_bytes,
+        memory_source="memory_analysis",
+        mem=mem,
+        step_s=step_s,
+        method=method,
+    )
 
 
-def _result(cfg, model_cfg, topology, devices, *, fits, hbm, state_bytes, memory_source, mem=None,
-            step_s=float("nan"), method=None) -> dict[str, Any]:
+def _result(
+    cfg,
+    model_cfg,
+    topology,
+    devices,
+    *,
+    fits,
+    hbm,
+    state_bytes,
+    memory_source,
+    mem=None,
+    step_s=float("nan"),
+    method=None,
+) -> dict[str, Any]:
     from scalinglab.models import accounting
     from scalinglab.train import mfu as mfu_lib
 
@@ -175,7 +205,8 @@ def _refused_bytes(message: str) -> int | None:
     if "RESOURCE_EXHAUSTED" not in message:
         return None
     m = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", message) or re.search(
-        r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm", message)
+        r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm", message
+    )
     return None if m is None else int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
@@ -184,8 +215,12 @@ def _per_chip_bytes(abstract: Any) -> int:
     import jax
     import numpy as np
 
-    return int(sum(np.prod(x.sharding.shard_shape(x.shape), dtype=np.int64) * x.dtype.itemsize
-                   for x in jax.tree.leaves(abstract)))
+    return int(
+        sum(
+            np.prod(x.sharding.shard_shape(x.shape), dtype=np.int64) * x.dtype.itemsize
+            for x in jax.tree.leaves(abstract)
+        )
+    )
 
 
 def _optimal_seconds(compiled: Any) -> float:

@@ -19,8 +19,7 @@ from scalinglab.errors import UserError
 def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, object]]]:
     """The topology and ``(name, TrainConfig, ModelConfig)`` of every run to check."""
     from scalinglab.models.config import get_config
-    from scalinglab.train.config import TrainConfig, validate
-    from scalinglab.train.config import parse_mesh
+    from scalinglab.train.config import TrainConfig, parse_mesh, validate
 
     if bool(args.preset) == bool(args.ladder_preset):
         raise UserError("give either --preset (one run) or --ladder-preset (a ladder's runs)")
@@ -31,8 +30,16 @@ def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, obj
         topology = args.topology or preset.topology
         if not topology:
             raise UserError(f"--ladder-preset {args.ladder_preset} is not for a TPU slice; give --topology")
-        changes = {k: v for k, v in (("dtype", args.dtype), ("remat", args.remat), ("grad_accum", args.grad_accum),
-                                     ("mesh", parse_mesh(args.mesh) if args.mesh else None)) if v is not None}
+        changes = {
+            k: v
+            for k, v in (
+                ("dtype", args.dtype),
+                ("remat", args.remat),
+                ("grad_accum", args.grad_accum),
+                ("mesh", parse_mesh(args.mesh) if args.mesh else None),
+            )
+            if v is not None
+        }
         cfgs = [dataclasses.replace(c, **changes) for c in cfgs]
         return topology, [(c.name, validate(c), get_config(c.preset, c.overrides)) for c in cfgs]
     if not args.topology:
@@ -43,11 +50,20 @@ def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, obj
     model_cfg = get_config(args.preset, overrides)
     if args.seq_len > model_cfg.n_ctx:
         raise UserError(f"--seq-len {args.seq_len} exceeds n_ctx={model_cfg.n_ctx}; add --set n_ctx={args.seq_len}")
-    cfg = validate(TrainConfig(
-        name=args.preset, preset=args.preset, overrides=overrides, seq_len=args.seq_len, batch_size=args.batch_size,
-        steps=1, dtype=args.dtype or "float32", remat=args.remat or "none", grad_accum=args.grad_accum or 1,
-        mesh=parse_mesh(args.mesh) if args.mesh else None,
-    ))
+    cfg = validate(
+        TrainConfig(
+            name=args.preset,
+            preset=args.preset,
+            overrides=overrides,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            steps=1,
+            dtype=args.dtype or "float32",
+            remat=args.remat or "none",
+            grad_accum=args.grad_accum or 1,
+            mesh=parse_mesh(args.mesh) if args.mesh else None,
+        )
+    )
     return args.topology, [(args.preset, cfg, model_cfg)]
 
 
@@ -85,8 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from scalinglab.train.config import DTYPES, REMATS
 
     p = sub.add_parser("aot", help="compile the train step for a TPU topology here: per-chip HBM, step time, MFU")
-    p.add_argument("--topology", default=None,
-                   help="TPU slice: v5e:2x2, v4:2x2x4, or an accelerator type (v4-32, v5litepod-16, v5p-8, v6e-8)")
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="TPU slice: v5e:2x2, v4:2x2x4, or an accelerator type (v4-32, v5litepod-16, v5p-8, v6e-8)",
+    )
     p.add_argument("--preset", default="", help="model preset (one run)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field (repeatable)")
     p.add_argument("--seq-len", type=int, default=None)

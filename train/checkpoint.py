@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,16 +24,23 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from scalinglab.errors import UserError
+from scalinglab.rundir import CHECKPOINT_DIR
 from scalinglab.train import diskfull
 from scalinglab.train.diskfull import translate, wait_with_watchdog
-from scalinglab.rundir import CHECKPOINT_DIR
 
 
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` for one run directory's ``checkpoints/``."""
 
-    def __init__(self, directory: str | Path, *, keep: int = 3, keep_steps: Iterable[int] = (),
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep: int = 3,
+        keep_steps: Iterable[int] = (),
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = Path(directory).absolute()
         policies = [ocp_managers.LatestN(max(int(keep), 1))]
         keep_steps = sorted(set(int(s) for s in keep_steps))
@@ -59,9 +67,7 @@ class Checkpointer:
         """Restore ``step`` into the shapes/dtypes/shardings of ``abstract_state``."""
         out = self.manager.restore(
             int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()),
         )
         return out["state"], dict(out["extra"])
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from scalinglab.cli import parse_set
 from scalinglab.errors import UserError
@@ -93,22 +94,36 @@ class TrainConfig:
 
     name: str | None = option(None, "run name (default: the run directory's name)", section=TRAIN)
     # model
-    preset: str = option("gpt2-tiny", "model preset, e.g. gpt2-tiny, modern-mini (see `scalinglab params`)",
-                         section=MODEL)
+    preset: str = option(
+        "gpt2-tiny", "model preset, e.g. gpt2-tiny, modern-mini (see `scalinglab params`)", section=MODEL
+    )
     overrides: dict[str, Any] = option(
-        default_factory=dict, help="override a model field (repeatable), e.g. n_layer=4", section=MODEL,
-        flag="--set", metavar="KEY=VALUE", parse=parse_overrides, repeat=True, merge=True,
+        default_factory=dict,
+        help="override a model field (repeatable), e.g. n_layer=4",
+        section=MODEL,
+        flag="--set",
+        metavar="KEY=VALUE",
+        parse=parse_overrides,
+        repeat=True,
+        merge=True,
     )
     # data
     dataset: str = option("local_text", "prepared dataset name (see `scalinglab data prepare`)", section=DATA)
     data_dir: str | None = option(
-        None, "data directory (default $SCALINGLAB_DATA_DIR or ~/.cache/scalinglab/data)", section=DATA)
+        None, "data directory (default $SCALINGLAB_DATA_DIR or ~/.cache/scalinglab/data)", section=DATA
+    )
     seq_len: int = option(128, "tokens per sequence", section=DATA)
     batch_size: int = option(32, "global batch size in sequences (over all devices and processes)", section=TRAIN)
     data_shards: int | None = option(
-        None, "pipeline shards defining the global batch stream (default: process count)", section=DATA)
-    tokens: int | None = option(None, "training budget in tokens (e.g. 2e6); steps = ceil(tokens / (batch·seq))",
-                                section=TRAIN, parse=parse_tokens, exclusive="length")
+        None, "pipeline shards defining the global batch stream (default: process count)", section=DATA
+    )
+    tokens: int | None = option(
+        None,
+        "training budget in tokens (e.g. 2e6); steps = ceil(tokens / (batch·seq))",
+        section=TRAIN,
+        parse=parse_tokens,
+        exclusive="length",
+    )
     steps: int | None = option(None, "training length in optimizer steps", section=TRAIN, exclusive="length")
     # optimizer
     lr: float = option(1e-3, "peak learning rate", section=OPTIMIZER)
@@ -117,10 +132,12 @@ class TrainConfig:
     min_lr_ratio: float = option(0.1, "cosine floor as a fraction of the peak lr", section=OPTIMIZER)
     wsd_decay: float = option(0.2, "WSD: fraction of the run spent in the cooldown", section=OPTIMIZER)
     wsd_decay_shape: str = option("linear", "WSD cooldown shape", section=OPTIMIZER, choices=WSD_SHAPES)
-    wsd_decay_start: int | None = option(None, "WSD: step where the cooldown starts (set for branched runs)",
-                                         section=OPTIMIZER, cli=False)
-    weight_decay: float = option(0.1, "AdamW decoupled weight decay (not on norms/biases/embeddings)",
-                                 section=OPTIMIZER)
+    wsd_decay_start: int | None = option(
+        None, "WSD: step where the cooldown starts (set for branched runs)", section=OPTIMIZER, cli=False
+    )
+    weight_decay: float = option(
+        0.1, "AdamW decoupled weight decay (not on norms/biases/embeddings)", section=OPTIMIZER
+    )
     beta1: float = option(0.9, "AdamW beta1", section=OPTIMIZER)
     beta2: float = option(0.95, "AdamW beta2", section=OPTIMIZER)
     eps: float = option(1e-8, "AdamW epsilon", section=OPTIMIZER)
@@ -130,33 +147,47 @@ class TrainConfig:
     out: str = option("runs/default", "run directory", section=TRAIN)
     seed: int = option(0, "random seed (init and data order)", section=TRAIN)
     mesh: dict[str, int] | None = option(
-        None, "device mesh, e.g. data=4,fsdp=2,tensor=1 (default: all devices on data)", section=TRAIN,
-        parse=parse_mesh)
+        None, "device mesh, e.g. data=4,fsdp=2,tensor=1 (default: all devices on data)", section=TRAIN, parse=parse_mesh
+    )
     grad_accum: int = option(1, "microbatches per step (gradient accumulation)", section=TRAIN)
     dtype: str = option("float32", "compute dtype (parameters stay float32)", section=TRAIN, choices=DTYPES)
-    remat: str = option("none", "per-block rematerialisation: none, dots (keep weight-matmul outputs), full "
-                        "(keep block inputs only)", section=TRAIN, choices=REMATS)
+    remat: str = option(
+        "none",
+        "per-block rematerialisation: none, dots (keep weight-matmul outputs), full (keep block inputs only)",
+        section=TRAIN,
+        choices=REMATS,
+    )
     gns: bool = option(True, "skip the gradient-noise-scale statistics", section=TRAIN)
-    gns_window: int = option(1024, "examples summed per B_simple window (0: the per-step EMA, --gns-ema)",
-                             section=TRAIN)
-    gns_ema: float = option(0.95, "EMA decay per step of the noise-scale statistics (only with --gns-window 0)",
-                            section=TRAIN)
+    gns_window: int = option(
+        1024, "examples summed per B_simple window (0: the per-step EMA, --gns-ema)", section=TRAIN
+    )
+    gns_ema: float = option(
+        0.95, "EMA decay per step of the noise-scale statistics (only with --gns-window 0)", section=TRAIN
+    )
     max_bad_steps: int = option(5, "stop after K consecutive non-finite steps", section=TRAIN)
     # logging / eval / checkpoints
-    eval_every: int = option(100, "evaluate on the fixed validation batches every K steps (0: only at the end)",
-                             section=TRAIN)
+    eval_every: int = option(
+        100, "evaluate on the fixed validation batches every K steps (0: only at the end)", section=TRAIN
+    )
     eval_batches: int = option(4, "number of validation batches", section=TRAIN)
-    eval_batch_size: int | None = option(None, "validation batch size in sequences (default: --batch-size)",
-                                         section=TRAIN)
+    eval_batch_size: int | None = option(
+        None, "validation batch size in sequences (default: --batch-size)", section=TRAIN
+    )
     log_every: int = option(10, "write a metrics.jsonl record every K steps", section=TRAIN)
-    wandb: str | None = option(None, "also log the metrics to this Weights & Biases project (the wandb extra)",
-                               section=TRAIN, metavar="PROJECT")
-    checkpoint_every: int = option(200, "save a checkpoint every K steps (0: only at the end and on SIGTERM)",
-                                   section=TRAIN)
+    wandb: str | None = option(
+        None,
+        "also log the metrics to this Weights & Biases project (the wandb extra)",
+        section=TRAIN,
+        metavar="PROJECT",
+    )
+    checkpoint_every: int = option(
+        200, "save a checkpoint every K steps (0: only at the end and on SIGTERM)", section=TRAIN
+    )
     keep_checkpoints: int = option(3, "keep the newest N checkpoints (plus WSD branch points)", section=TRAIN)
     resume: bool = option(False, "continue from the newest complete checkpoint in --out", section=TRAIN)
     branch_from: str | None = option(
-        None, "WSD: branch a cooldown from this (stable-phase) run's checkpoint", section=TRAIN, metavar="DIR")
+        None, "WSD: branch a cooldown from this (stable-phase) run's checkpoint", section=TRAIN, metavar="DIR"
+    )
     branch_step: int | None = option(None, "WSD: the checkpoint step to branch from", section=TRAIN, metavar="S")
 
     # ---- JSON -----------------------------------------------------------------------
@@ -164,7 +195,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -212,8 +243,7 @@ class TrainConfig:
         n = math.prod(shape.values())
         if n > n_devices or (n < n_devices and n_processes > 1):
             raise UserError(
-                f"mesh data={shape['data']},fsdp={fsdp},tensor={tensor} has "
-                f"{n} devices, but {n_devices} are available"
+                f"mesh data={shape['data']},fsdp={fsdp},tensor={tensor} has {n} devices, but {n_devices} are available"
             )
         return shape
 

@@ -23,8 +23,17 @@ from scalinglab.errors import UserError
 class ProcessBatches:
     """Iterator of ``np.int32[B·(S/P)/S, seq_len + 1]``: this process's rows of each global batch."""
 
-    def __init__(self, ds, *, seq_len: int, global_batch_size: int, seed: int, shards: int,
-                 process_index: int, process_count: int):
+    def __init__(
+        self,
+        ds,
+        *,
+        seq_len: int,
+        global_batch_size: int,
+        seed: int,
+        shards: int,
+        process_index: int,
+        process_count: int,
+    ):
         from scalinglab.data import pipeline
 
         if shards % process_count:
@@ -34,12 +43,18 @@ class ProcessBatches:
         per = shards // process_count
         self.shard_ids = list(range(process_index * per, (process_index + 1) * per))
         self._its = [
-            pipeline.make_train_iterator(ds, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed,
-                                         process_index=s, process_count=shards)
+            pipeline.make_train_iterator(
+                ds,
+                seq_len=seq_len,
+                global_batch_size=global_batch_size,
+                seed=seed,
+                process_index=s,
+                process_count=shards,
+            )
             for s in self.shard_ids
         ]
 
-    def __iter__(self) -> "ProcessBatches":
+    def __iter__(self) -> ProcessBatches:
         return self
 
     def __next__(self) -> np.ndarray:
@@ -55,8 +70,10 @@ class ProcessBatches:
     def set_global_state(self, states: dict[str, Any]) -> None:
         missing = [s for s in self.shard_ids if str(s) not in states]
         if missing:
-            raise UserError(f"the checkpoint has no data-iterator state for shard(s) {missing}; "
-                            "was the run started with a different number of data shards?")
+            raise UserError(
+                f"the checkpoint has no data-iterator state for shard(s) {missing}; "
+                "was the run started with a different number of data shards?"
+            )
         for s, it in zip(self.shard_ids, self._its):
             it.set_state(states[str(s)])
 

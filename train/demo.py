@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from scalinglab.errors import UserError
-from scalinglab.train.config import TrainConfig
 from scalinglab.rundir import RESOLVED_CONFIG
+from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_lr_search, plan_table
@@ -73,9 +73,15 @@ def ensure_prepared(dataset: str, data_dir: str | None, log, config: dict | None
         return load_dataset(dataset, data_dir)
 
 
-def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None = None,
-             log=lambda s: print(s, file=sys.stderr, flush=True), resolved_config: dict | None = None,
-             force: bool = False) -> Path:
+def run_demo(
+    out: str | Path,
+    *,
+    synthetic: bool = False,
+    data_dir: str | None = None,
+    log=lambda s: print(s, file=sys.stderr, flush=True),
+    resolved_config: dict | None = None,
+    force: bool = False,
+) -> Path:
     """Run the whole demo into ``out`` (``out/ladder``, ``out/ladder/sweep``, ``out/report``); returns
     the report directory. An ``out`` that is not a demo directory is refused unless ``force``.
 
@@ -99,18 +105,39 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
     search = plan_lr_search(spec, runs)
     log(plan_table([*search, *runs]))
     ladder_dir = out / "ladder"
-    run_ladder(runs, ladder_dir, search_runs=search, extend_search=spec.lr_search_extend, dataset=dataset,
-               data_dir=data_dir, **DEMO_TRAIN)
+    run_ladder(
+        runs,
+        ladder_dir,
+        search_runs=search,
+        extend_search=spec.lr_search_extend,
+        dataset=dataset,
+        data_dir=data_dir,
+        **DEMO_TRAIN,
+    )
     log(f"[demo] ladder done after {format_seconds(time.perf_counter() - t0)}; batch-size sweep next")
 
     sweep = DEMO_SWEEP
     base = TrainConfig(
-        preset=sweep["preset"], overrides={"vocab_size": int(ds.vocab_size), "n_ctx": spec.seq_len},
-        dataset=dataset, data_dir=data_dir, seq_len=spec.seq_len, tokens=sweep["tokens"], lr=sweep["lr"],
-        schedule="constant", eval_batches=DEMO_TRAIN["eval_batches"],
+        preset=sweep["preset"],
+        overrides={"vocab_size": int(ds.vocab_size), "n_ctx": spec.seq_len},
+        dataset=dataset,
+        data_dir=data_dir,
+        seq_len=spec.seq_len,
+        tokens=sweep["tokens"],
+        lr=sweep["lr"],
+        schedule="constant",
+        eval_batches=DEMO_TRAIN["eval_batches"],
     )
-    run_sweep(base, sweep["batch_sizes"], out=ladder_dir / "sweep", base_batch=sweep["base_batch"],
-              log=log, log_every=DEMO_TRAIN["log_every"], eval_every=0, checkpoint_every=0)
+    run_sweep(
+        base,
+        sweep["batch_sizes"],
+        out=ladder_dir / "sweep",
+        base_batch=sweep["base_batch"],
+        log=log,
+        log_every=DEMO_TRAIN["log_every"],
+        eval_every=0,
+        checkpoint_every=0,
+    )
     log(f"[demo] sweep done after {format_seconds(time.perf_counter() - t0)}; fitting and writing the report")
     report_dir = write_report(ladder_dir, out / "report")
     log(f"[demo] finished in {format_seconds(time.perf_counter() - t0)}: {report_dir / 'report.md'}")
@@ -121,8 +148,7 @@ def run_demo(out: str | Path, *, synthetic: bool = False, data_dir: str | None =
 class DemoOptions:
     """The demo's settings (config-file section ``demo``; the data directory is ``data.data_dir``)."""
 
-    synthetic: bool = option(
-        False, "use the synthetic Markov source (known entropy rate) instead of the stdlib corpus")
+    synthetic: bool = option(False, "use the synthetic Markov source (known entropy rate) instead of the stdlib corpus")
     out: str | None = option(None, "output directory (default runs/demo; runs/demo-synthetic with --synthetic)")
     force: bool = option(False, "run into an --out that is not a demo directory (nothing in it is replaced)")
 
@@ -136,8 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
     data: TrainConfig = SCHEMA.build(TrainConfig, values)
     out = opts.out or ("runs/demo-synthetic" if opts.synthetic else "runs/demo")
     resolved = SCHEMA.dump(dataclasses.replace(opts, out=out), data)
-    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved,
-                      force=opts.force)
+    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved, force=opts.force)
     print(report / "report.md")
     return 0
 

@@ -21,8 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-_MARKERS = ("No space left on device", "os_error_code='28'", "[Errno 28]", "Disk quota exceeded",
-            "[Errno 122]")
+_MARKERS = ("No space left on device", "os_error_code='28'", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
 # Default bound on one checkpoint wait, seconds (env SCALINGLAB_CHECKPOINT_TIMEOUT_S overrides).
 DEFAULT_TIMEOUT_S = 1800.0
 seen: list[str] = []  # disk-full messages swallowed from background threads / logs

@@ -18,8 +18,11 @@ import jax
 
 from scalinglab.errors import UserError
 
-_ENV = {"coordinator": "SCALINGLAB_COORDINATOR", "num_processes": "SCALINGLAB_NUM_PROCESSES",
-        "process_id": "SCALINGLAB_PROCESS_ID"}
+_ENV = {
+    "coordinator": "SCALINGLAB_COORDINATOR",
+    "num_processes": "SCALINGLAB_NUM_PROCESSES",
+    "process_id": "SCALINGLAB_PROCESS_ID",
+}
 
 
 def _is_initialized() -> bool:
@@ -31,8 +34,9 @@ def _is_initialized() -> bool:
         return False
 
 
-def resolve(coordinator: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None) -> dict | None:
+def resolve(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> dict | None:
     """The initialize() arguments from flags, else environment; None for a single process."""
     coordinator = coordinator or os.environ.get(_ENV["coordinator"])
     if num_processes is None and os.environ.get(_ENV["num_processes"]):
@@ -52,8 +56,7 @@ def resolve(coordinator: str | None = None, num_processes: int | None = None,
     return {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> bool:
     """Start JAX's multi-controller runtime when asked to; True if running multi-process."""
     args = resolve(coordinator, num_processes, process_id)
     if args is None:

@@ -63,8 +63,7 @@ def init_state() -> GNSState:
     return GNSState(zero(), zero(), zero(), zero(), zero(), nan(), nan(), nan(), jnp.zeros((), jnp.int32))
 
 
-def update(state: GNSState, g2, trace, *, n_examples, step, window: int = 0, decay: float = 0.95,
-           ok=True) -> GNSState:
+def update(state: GNSState, g2, trace, *, n_examples, step, window: int = 0, decay: float = 0.95, ok=True) -> GNSState:
     """Fold one step's (|G|², tr Σ) into the state; a step with ``ok`` False leaves it as is.
 
     ``n_examples``: the step's (big) batch in examples; ``step``: its 1-based step number;
@@ -83,7 +82,11 @@ def update(state: GNSState, g2, trace, *, n_examples, step, window: int = 0, dec
     reset = close & (window > 0)
     keep_open = lambda x: jnp.where(reset, jnp.zeros_like(x), x)  # noqa: E731
     new = GNSState(
-        keep_open(g2_acc), keep_open(trace_acc), keep_open(weight), keep_open(examples), start,
+        keep_open(g2_acc),
+        keep_open(trace_acc),
+        keep_open(weight),
+        keep_open(examples),
+        start,
         jnp.where(close, g2_acc / weight, state.last_g2),
         jnp.where(close, trace_acc / weight, state.last_trace),
         jnp.where(close, centre, state.last_step),

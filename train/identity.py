@@ -21,16 +21,29 @@ from typing import Any
 
 from scalinglab.errors import UserError
 
-SAFE_TRAIN_FIELDS = frozenset({
-    "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "name", "out", "resume",
-    "data_dir", "mesh", "grad_accum", "eval_batch_size",
-})
+SAFE_TRAIN_FIELDS = frozenset(
+    {
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_bad_steps",
+        "name",
+        "out",
+        "resume",
+        "data_dir",
+        "mesh",
+        "grad_accum",
+        "eval_batch_size",
+    }
+)
 # Sections of config.json that define the run (accounting follows from model + seq_len).
 _SECTIONS = ("model", "train", "data")
 
 
-def config_diff(saved: Mapping[str, Any], requested: Mapping[str, Any],
-                safe: Iterable[str] = SAFE_TRAIN_FIELDS) -> list[str]:
+def config_diff(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], safe: Iterable[str] = SAFE_TRAIN_FIELDS
+) -> list[str]:
     """Dotted names (``model.d_model``, ``train.lr``) whose values differ, safe train fields aside."""
     safe = set(safe)
     out = []
@@ -71,8 +84,10 @@ def check_resume(run_dir: str | Path, requested: Mapping[str, Any], saved: Mappi
     if diff:
         shown = ", ".join(f"{d} {_show(saved, d)} -> {_show(requested, d)}" for d in diff[:6])
         more = f" (+{len(diff) - 6} more)" if len(diff) > 6 else ""
-        raise UserError(f"{run_dir} was trained with other settings; a resume may not change {shown}{more}. "
-                        f"Start a new run with another --out")
+        raise UserError(
+            f"{run_dir} was trained with other settings; a resume may not change {shown}{more}. "
+            f"Start a new run with another --out"
+        )
 
 
 def plan_diff(saved_runs: list[dict], requested_runs: list[dict]) -> list[str]:

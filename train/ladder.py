@@ -14,15 +14,24 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from scalinglab.errors import UserError, stop_if_signalled
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LR_SEARCH_FILE, PLAN_FILE, RESOLVED_CONFIG, SUMMARY_FILE,
-                               finite_or, is_complete)
+from scalinglab.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LR_SEARCH_FILE,
+    PLAN_FILE,
+    RESOLVED_CONFIG,
+    SUMMARY_FILE,
+    finite_or,
+    is_complete,
+)
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
@@ -56,8 +65,9 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
     )
 
 
-def preset_train_configs(name: str, *, largest: bool = False,
-                         out_dir: str | Path = "runs/ladder") -> tuple[LadderPreset, list[TrainConfig]]:
+def preset_train_configs(
+    name: str, *, largest: bool = False, out_dir: str | Path = "runs/ladder"
+) -> tuple[LadderPreset, list[TrainConfig]]:
     """The TrainConfig of every run of the ladder preset ``name`` (with the preset's dtype, mesh,
     remat and accumulation applied), or only of its largest run (most parameters). A run whose lr
     awaits the lr search gets the spec's lr (for ``aot``: memory and time do not depend on it)."""
@@ -128,8 +138,9 @@ def _final_loss(summary: dict) -> float:
     return math.inf
 
 
-def resolve_lrs(runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun],
-                summaries: Sequence[dict]) -> tuple[list[PlannedRun], dict]:
+def resolve_lrs(
+    runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun], summaries: Sequence[dict]
+) -> tuple[list[PlannedRun], dict]:
     """Ladder runs with their lr set from the search (``summaries`` of ``search_runs``, same order).
 
     Returns (runs, record): record holds each searched size's losses per lr, best lr (parabola in log
@@ -141,19 +152,35 @@ def resolve_lrs(runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun],
     sizes = []
     for n, losses in sorted(by_size.items()):
         best, edge = lrp.best_lr(losses)
-        sizes.append({"non_embedding": n, "losses": {f"{lr:.6g}": v for lr, v in sorted(losses.items())},
-                      "best_lr": best, "at_edge": edge})
+        sizes.append(
+            {
+                "non_embedding": n,
+                "losses": {f"{lr:.6g}": v for lr, v in sorted(losses.items())},
+                "best_lr": best,
+                "at_edge": edge,
+            }
+        )
     law = lrp.fit_lr_law([s["non_embedding"] for s in sizes], [s["best_lr"] for s in sizes])
-    source = (f"lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}, fitted to the best lr of {len(sizes)} sizes "
-              f"searched at the smallest budget ({SEARCH_DIR}/{LR_SEARCH_FILE})")
+    source = (
+        f"lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}, fitted to the best lr of {len(sizes)} sizes "
+        f"searched at the smallest budget ({SEARCH_DIR}/{LR_SEARCH_FILE})"
+    )
     resolved = [
-        r if r.lr is not None else dataclasses.replace(
-            r, lr=lrp.lr_from_law(law, r.non_embedding),
-            hparams=tuple((k, v) for k, v in r.hparams if k != "lr") + (("lr", source),))
+        r
+        if r.lr is not None
+        else dataclasses.replace(
+            r,
+            lr=lrp.lr_from_law(law, r.non_embedding),
+            hparams=tuple((k, v) for k, v in r.hparams if k != "lr") + (("lr", source),),
+        )
         for r in runs
     ]
-    warnings = [f"lr search: the best lr of N={s['non_embedding']:,} is at the edge of the grid ({s['best_lr']:.3g}); "
-                "widen --lr-grid" for s in sizes if s["at_edge"]]
+    warnings = [
+        f"lr search: the best lr of N={s['non_embedding']:,} is at the edge of the grid ({s['best_lr']:.3g}); "
+        "widen --lr-grid"
+        for s in sizes
+        if s["at_edge"]
+    ]
     return resolved, {"sizes": sizes, "law": law, "warnings": warnings}
 
 
@@ -181,8 +208,10 @@ def check_plan_unchanged(out_dir: Path, runs: Sequence[PlannedRun], train_kwargs
     diff = [d for d in plan_diff(old_runs, requested) if d.split(".", 1)[0] in started]
     diff += [f"train.{k}" for k in train_kwargs_diff(old_train, {k: _jsonish(v) for k, v in train_kwargs.items()})]
     if diff:
-        raise UserError(f"{out_dir} holds a ladder whose started runs were planned otherwise; this rerun changes "
-                        f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Use another --out")
+        raise UserError(
+            f"{out_dir} holds a ladder whose started runs were planned otherwise; this rerun changes "
+            f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Use another --out"
+        )
 
 
 def _jsonish(v: Any) -> Any:
@@ -227,8 +256,11 @@ def run_ladder(
         write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
 
     def write_plan(ladder_runs: Sequence[PlannedRun], search: dict | None = None) -> None:
-        plan = {"runs": [r.to_dict() for r in ladder_runs], "lr_search": [r.to_dict() for r in search_runs],
-                "train": train_kwargs}
+        plan = {
+            "runs": [r.to_dict() for r in ladder_runs],
+            "lr_search": [r.to_dict() for r in search_runs],
+            "train": train_kwargs,
+        }
         if search is not None:
             plan["lr_law"] = search["law"]
         atomic_write_json(out_dir / PLAN_FILE, plan)
@@ -269,10 +301,15 @@ def run_ladder(
             lr_next = edge_extension({float(r.lr): _final_loss(summ) for r, summ in mine})
             if lr_next is not None:
                 base = mine[0][0]
-                added.append(dataclasses.replace(
-                    base, name=f"{base.name.rsplit('-lr', 1)[0]}-lr{lr_next:.3g}".replace("+", ""), lr=lr_next,
-                    hparams=tuple((k, v) for k, v in base.hparams if k != "lr")
-                    + (("lr", "search grid extended 2x beyond its edge"),)))
+                added.append(
+                    dataclasses.replace(
+                        base,
+                        name=f"{base.name.rsplit('-lr', 1)[0]}-lr{lr_next:.3g}".replace("+", ""),
+                        lr=lr_next,
+                        hparams=tuple((k, v) for k, v in base.hparams if k != "lr")
+                        + (("lr", "search grid extended 2x beyond its edge"),),
+                    )
+                )
         if not added:
             break
         for r in added:
@@ -291,4 +328,3 @@ def run_ladder(
         write_plan(runs, record)
     everything = [*search_runs, *runs]
     return [train_one(len(search_runs) + i, r) for i, r in enumerate(runs)]
-

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import math
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
@@ -36,8 +37,26 @@ class LadderOptions:
 
 
 # TrainConfig fields the plan sets for each run; every other one applies to all runs of the ladder.
-PLANNED = ("name", "preset", "overrides", "seq_len", "batch_size", "tokens", "steps", "lr", "beta2", "schedule",
-           "warmup", "out", "resume", "branch_from", "branch_step", "wsd_decay", "wsd_decay_shape", "wsd_decay_start")
+PLANNED = (
+    "name",
+    "preset",
+    "overrides",
+    "seq_len",
+    "batch_size",
+    "tokens",
+    "steps",
+    "lr",
+    "beta2",
+    "schedule",
+    "warmup",
+    "out",
+    "resume",
+    "branch_from",
+    "branch_step",
+    "wsd_decay",
+    "wsd_decay_shape",
+    "wsd_decay_start",
+)
 SCHEMA = Schema(
     "ladder",
     Part(LadderOptions, section="ladder"),
@@ -87,11 +106,15 @@ def _check_repeats(opts: LadderOptions, dataset: str, runs, epochs, ds) -> None:
         return
     worst = max(range(len(runs)), key=lambda i: epochs[i])
     r = runs[worst]
-    what = (f"run {r.name} reads {r.steps * r.batch_size * (r.seq_len + 1):,} tokens, {epochs[worst]:.1f} epochs "
-            f"of the {ds.n_tokens('train'):,} train tokens of {dataset}")
+    what = (
+        f"run {r.name} reads {r.steps * r.batch_size * (r.seq_len + 1):,} tokens, {epochs[worst]:.1f} epochs "
+        f"of the {ds.n_tokens('train'):,} train tokens of {dataset}"
+    )
     if opts.ladder_preset and not opts.allow_repeat:
-        raise UserError(f"--ladder-preset {opts.ladder_preset}: {what}; prepare a bigger corpus "
-                        "(scalinglab data prepare --dataset files/NAME --config files=GLOB) or pass --allow-repeat")
+        raise UserError(
+            f"--ladder-preset {opts.ladder_preset}: {what}; prepare a bigger corpus "
+            "(scalinglab data prepare --dataset files/NAME --config files=GLOB) or pass --allow-repeat"
+        )
     sys.stderr.write(f"note: {what}: the data repeats\n")
 
 
@@ -134,9 +157,15 @@ def _ladder(args: argparse.Namespace) -> int:
     print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
-    summaries = run_ladder(runs, opts.out, search_runs=search, extend_search=spec.lr_search_extend, resolved_config=SCHEMA.dump(opts, spec, shared),
-                           force=opts.force,
-                           **SCHEMA.fields_of(TrainConfig, values))
+    summaries = run_ladder(
+        runs,
+        opts.out,
+        search_runs=search,
+        extend_search=spec.lr_search_extend,
+        resolved_config=SCHEMA.dump(opts, spec, shared),
+        force=opts.force,
+        **SCHEMA.fields_of(TrainConfig, values),
+    )
     if args.json:
         emit_json(summaries)
     return 0

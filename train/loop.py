@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,8 +47,16 @@ from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps
 
 # Everything a run directory may hold (an existing directory holding anything else is not a run).
-RUN_DIR_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", "checkpoints.corrupt", "tb", "lock.json",
-                 "config.yaml")
+RUN_DIR_FILES = (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    "metrics.jsonl",
+    "checkpoints",
+    "checkpoints.corrupt",
+    "tb",
+    "lock.json",
+    "config.yaml",
+)
 
 
 class _Preemption:
@@ -149,8 +158,9 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     try:
         saved = read_json(path)
     except (OSError, ValueError):
-        raise UserError(f"{path} is unreadable, so the resumed run cannot be checked against it; "
-                        f"restore it or start a new --out") from None
+        raise UserError(
+            f"{path} is unreadable, so the resumed run cannot be checked against it; restore it or start a new --out"
+        ) from None
     if not isinstance(saved, dict):
         raise UserError(f"{path} is not a run config; restore it or start a new --out")
     return saved
@@ -276,25 +286,34 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
     n_proc, pid = jax.process_count(), jax.process_index()
     epochs = _epochs(cfg, ds)
     if pid == 0 and epochs > 1:
-        sys.stderr.write(f"note: this run reads the train split of {cfg.dataset} {epochs:.2f} times "
-                         f"({ds.n_tokens('train'):,} tokens): the data repeats\n")
+        sys.stderr.write(
+            f"note: this run reads the train split of {cfg.dataset} {epochs:.2f} times "
+            f"({ds.n_tokens('train'):,} tokens): the data repeats\n"
+        )
     shape = cfg.mesh_shape(jax.device_count(), n_proc)
     cpu = jax.default_backend() == "cpu"
-    mem = memory.check_fits(model_cfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, grad_accum=cfg.grad_accum,
-                            dtype=cfg.dtype, what=f"run {run_dir}",
-                            shards=1 if cpu else shape["data"] * shape["fsdp"],
-                            model_shards=1 if cpu else shape["fsdp"] * shape["tensor"])
+    mem = memory.check_fits(
+        model_cfg,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        grad_accum=cfg.grad_accum,
+        dtype=cfg.dtype,
+        what=f"run {run_dir}",
+        shards=1 if cpu else shape["data"] * shape["fsdp"],
+        model_shards=1 if cpu else shape["fsdp"] * shape["tensor"],
+    )
     try:
         program = build_program(cfg, model_cfg)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is explained, the rest re-raised
         if memory.is_oom(e):
             raise memory.explain_oom(e, mem, f"run {run_dir}") from None
         raise
-    eval_np = pipeline.make_eval_batches(ds, seq_len=cfg.seq_len, batch_size=program.eval_batch_size,
-                                         n_batches=cfg.eval_batches)
+    eval_np = pipeline.make_eval_batches(
+        ds, seq_len=cfg.seq_len, batch_size=program.eval_batch_size, n_batches=cfg.eval_batches
+    )
     rows = program.eval_batch_size // n_proc
     eval_batches = [
-        jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(b[pid * rows:(pid + 1) * rows]))
+        jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(b[pid * rows : (pid + 1) * rows]))
         for b in eval_np
     ]
 
@@ -303,8 +322,13 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
 
     # ---- data, checkpoints, state
     it = ProcessBatches(
-        ds, seq_len=cfg.seq_len, global_batch_size=cfg.batch_size, seed=cfg.seed,
-        shards=cfg.data_shards or n_proc, process_index=pid, process_count=n_proc,
+        ds,
+        seq_len=cfg.seq_len,
+        global_batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        shards=cfg.data_shards or n_proc,
+        process_index=pid,
+        process_count=n_proc,
     )
     if pid == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,8 +380,16 @@ def _start(cfg: TrainConfig, program: TrainProgram, ckpt: ckpt_lib.Checkpointer)
     return _Start(0, program.fresh_state(), {}, False)
 
 
-def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatches, ckpt: ckpt_lib.Checkpointer,
-         evaluate: Callable[[Any], float], progress: bool | None, epochs: float) -> dict[str, Any]:
+def _run(
+    cfg: TrainConfig,
+    program: TrainProgram,
+    start: _Start,
+    it: ProcessBatches,
+    ckpt: ckpt_lib.Checkpointer,
+    evaluate: Callable[[Any], float],
+    progress: bool | None,
+    epochs: float,
+) -> dict[str, Any]:
     """Steps ``start.step + 1 … total``: train, log, evaluate, checkpoint; the summary when complete
     (``epochs``: passes over the train split, recorded in it)."""
     model_cfg, batch_sh, train_step = program.model_cfg, program.batch_sharding, program.train_step
@@ -374,12 +406,24 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
     if is_main and cfg.wandb:
         from scalinglab.train.wandb_log import WandbLogger
 
-        wandb_config = {"train": cfg.to_dict(), "model": {**model_cfg.to_dict(), "preset": cfg.preset},
-                        "non_embedding": int(counts["non_embedding"]), "train_flops_per_token": int(flops_per_token)}
-        sinks.append(WandbLogger(cfg.wandb, run_dir, name=cfg.name or run_dir.name, config=wandb_config,
-                                 resume=start.resumed))
-    writer = metrics_lib.MetricsWriter(run_dir, total_steps=total_steps, start_step=start_step,
-                                       resume=start.resumed, enabled=is_main, progress=progress, sinks=sinks)
+        wandb_config = {
+            "train": cfg.to_dict(),
+            "model": {**model_cfg.to_dict(), "preset": cfg.preset},
+            "non_embedding": int(counts["non_embedding"]),
+            "train_flops_per_token": int(flops_per_token),
+        }
+        sinks.append(
+            WandbLogger(cfg.wandb, run_dir, name=cfg.name or run_dir.name, config=wandb_config, resume=start.resumed)
+        )
+    writer = metrics_lib.MetricsWriter(
+        run_dir,
+        total_steps=total_steps,
+        start_step=start_step,
+        resume=start.resumed,
+        enabled=is_main,
+        progress=progress,
+        sinks=sinks,
+    )
     best_eval = extra.get("best_eval_loss")
     last_eval = extra.get("last_eval_loss")
     last_loss = None
@@ -391,8 +435,17 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
     def save(step: int) -> None:
         if saved["step"] == step:  # a signal right after a scheduled save: that checkpoint is this step
             return
-        ckpt.save(step, state, {"data": it.global_state(), "step": step, "seed": cfg.seed,
-                                "best_eval_loss": best_eval, "last_eval_loss": last_eval})
+        ckpt.save(
+            step,
+            state,
+            {
+                "data": it.global_state(),
+                "step": step,
+                "seed": cfg.seed,
+                "best_eval_loss": best_eval,
+                "last_eval_loss": last_eval,
+            },
+        )
         saved["step"] = step
 
     window_t0, window_steps = time.perf_counter(), 0
@@ -407,8 +460,9 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
                 window_steps += 1
                 loss = float(m["loss"])
                 if not bool(m["finite"]):
-                    warnings.warn(f"step {done}: non-finite loss or gradient (loss={loss}); update skipped",
-                                  stacklevel=2)
+                    warnings.warn(
+                        f"step {done}: non-finite loss or gradient (loss={loss}); update skipped", stacklevel=2
+                    )
                     if int(m["bad_streak"]) >= cfg.max_bad_steps:
                         steps = ckpt.all_steps()
                         raise UserError(
@@ -436,8 +490,9 @@ def _run(cfg: TrainConfig, program: TrainProgram, start: _Start, it: ProcessBatc
                         "gns_step": float(m["gns_step"]),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s * flops_per_token / peak if (tokens_per_s and peak) else None,
-                        "mfu_causal": (tokens_per_s * flops_per_token_causal / peak
-                                       if (tokens_per_s and peak) else None),
+                        "mfu_causal": (
+                            tokens_per_s * flops_per_token_causal / peak if (tokens_per_s and peak) else None
+                        ),
                         "skipped_steps": int(m["skipped"]),
                     }
                     if do_eval:

@@ -27,8 +27,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def estimate(model_cfg: Any, *, batch_size: int, seq_len: int, grad_accum: int = 1, dtype: str = "float32",
-             shards: int = 1, model_shards: int = 1) -> dict[str, int]:
+def estimate(
+    model_cfg: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    grad_accum: int = 1,
+    dtype: str = "float32",
+    shards: int = 1,
+    model_shards: int = 1,
+) -> dict[str, int]:
     """Bytes of training state and activations (``shards``: data-parallel ways the batch is split,
     ``model_shards``: ways the state is split, fsdp × tensor); see the module doc for the formula."""
     from scalinglab.models import accounting
@@ -66,30 +74,51 @@ def available_bytes() -> tuple[int | None, str]:
 LEVERS = "lower --batch-size, raise --grad-accum, shorten --seq-len or use a smaller model"
 
 
-def check_fits(model_cfg: Any, *, batch_size: int, seq_len: int, grad_accum: int = 1, dtype: str = "float32",
-               shards: int = 1, model_shards: int = 1, what: str = "this run") -> dict[str, int]:
+def check_fits(
+    model_cfg: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    grad_accum: int = 1,
+    dtype: str = "float32",
+    shards: int = 1,
+    model_shards: int = 1,
+    what: str = "this run",
+) -> dict[str, int]:
     """UserError (exit 2, before anything is written) when the estimate exceeds the memory available."""
-    est = estimate(model_cfg, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, dtype=dtype,
-                   shards=shards, model_shards=model_shards)
+    est = estimate(
+        model_cfg,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        grad_accum=grad_accum,
+        dtype=dtype,
+        shards=shards,
+        model_shards=model_shards,
+    )
     limit, where = available_bytes()
     if limit is not None and est["total"] > limit:
         raise UserError(
             f"{what} needs at least {_gib(est['total'])} ({_gib(est['state'])} weights, gradients and AdamW state, "
             f"{_gib(est['activations'])} activations of a {max(1, batch_size // max(1, grad_accum))}-sequence "
-            f"micro-batch) but {where} is {_gib(limit)}; {LEVERS}")
+            f"micro-batch) but {where} is {_gib(limit)}; {LEVERS}"
+        )
     return est
 
 
 def is_oom(e: BaseException) -> bool:
     """Whether ``e`` is XLA's out-of-memory (compile or allocation)."""
     text = str(e)
-    return ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text) and \
-        "No space left on device" not in text
+    return (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+    ) and "No space left on device" not in text
 
 
 def explain_oom(e: BaseException, est: dict[str, int] | None, what: str = "this run") -> UserError:
     """The one-line UserError for an out-of-memory ``e``."""
-    need = f" (estimated {_gib(est['total'])}: {_gib(est['state'])} state, {_gib(est['activations'])} activations)" \
-        if est else ""
+    need = (
+        f" (estimated {_gib(est['total'])}: {_gib(est['state'])} state, {_gib(est['activations'])} activations)"
+        if est
+        else ""
+    )
     first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     return UserError(f"{what} ran out of memory{need}: {first}; {LEVERS}")

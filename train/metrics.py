@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from scalinglab.fileio import atomic_write_text, json_safe
 from scalinglab.rundir import METRICS_FILE, TENSORBOARD_DIR, read_metrics  # noqa: F401 (re-exported)
@@ -50,9 +51,11 @@ def truncate_metrics(path: str | Path, max_step: int) -> None:
     if bad:
         keep = Path(f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         keep.write_bytes(Path(path).read_bytes())
-        warnings.warn(f"{path}: {len(bad)} corrupt line(s) ({', '.join(map(str, bad[:5]))}"
-                      f"{' ...' if len(bad) > 5 else ''}) dropped on resume; the original is kept as {keep}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(bad)} corrupt line(s) ({', '.join(map(str, bad[:5]))}"
+            f"{' ...' if len(bad) > 5 else ''}) dropped on resume; the original is kept as {keep}",
+            stacklevel=2,
+        )
     by_step: dict[int, dict[str, Any]] = {}
     for r in records:
         try:
@@ -67,9 +70,18 @@ def truncate_metrics(path: str | Path, max_step: int) -> None:
 class MetricsWriter:
     """Append-only metrics sink: JSONL + TensorBoard (+ optional progress bar)."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0,
-                 resume: bool = False, enabled: bool = True, progress: bool | None = None,
-                 tensorboard: bool = True, sinks: Sequence[Any] = ()):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        resume: bool = False,
+        enabled: bool = True,
+        progress: bool | None = None,
+        tensorboard: bool = True,
+        sinks: Sequence[Any] = (),
+    ):
         """``sinks``: more loggers (e.g. :class:`~scalinglab.train.wandb_log.WandbLogger`) with
         ``log(record)`` and ``close()``, given each JSON-clean record."""
         self.enabled = enabled
@@ -88,14 +100,17 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step + 1 if resume else None)
+            self._tb = SummaryWriter(
+                str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step + 1 if resume else None
+            )
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, leave=True)
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True
+            )
 
     def write(self, record: dict[str, Any]) -> None:
         """Log one step's record (must contain ``step``)."""

@@ -29,7 +29,7 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
     """FLOP/s of the fastest of ``repeats`` f32 ``n×n @ n×n`` matmuls on the default CPU device."""
     cpu = jax.devices("cpu")[0]

@@ -8,7 +8,8 @@ head is a matrix and is decayed.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import optax

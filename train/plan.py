@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from scalinglab.errors import UserError
 from scalinglab.models import accounting
@@ -40,16 +41,19 @@ class LadderSpec:
     """What the user asked for (``scalinglab ladder`` flags; config-file section ``ladder``)."""
 
     plan: str = option("isoflop", "isoflop or sizes", choices=PLANS)
-    budgets: tuple[float, ...] = option((1e12, 3e12, 1e13), "training FLOP budgets per run (isoflop), "
-                                        "e.g. 1e12,3e12,1e13")
-    sizes: tuple[float, ...] = option((), "target non-embedding parameter counts (sizes plan, or fixed isoflop "
-                                      "sizes), e.g. 1e4,3e4,1e5")
+    budgets: tuple[float, ...] = option(
+        (1e12, 3e12, 1e13), "training FLOP budgets per run (isoflop), e.g. 1e12,3e12,1e13"
+    )
+    sizes: tuple[float, ...] = option(
+        (), "target non-embedding parameter counts (sizes plan, or fixed isoflop sizes), e.g. 1e4,3e4,1e5"
+    )
     tokens: tuple[float, ...] = option((), "token budgets D per size for --plan sizes, e.g. 1e6,3e6")
     family: str = option("gpt2", "gpt2 or modern")
     sizes_per_budget: int = option(5, "isoflop sizes per budget")
     size_span: float = option(32.0, "N_max/N_min within a budget (isoflop)")
-    tokens_per_param: float = option(20.0, "D/N at the centre of each budget's sizes (default 20, "
-                                     "Chinchilla's optimum)")
+    tokens_per_param: float = option(
+        20.0, "D/N at the centre of each budget's sizes (default 20, Chinchilla's optimum)"
+    )
     aspect_ratio: float = option(32.0, "d_model / n_layer of the ladder models")
     head_dim: int = option(16, "attention head size")
     seq_len: int = option(64, "tokens per sequence")
@@ -57,15 +61,22 @@ class LadderSpec:
     vocab_size: int = option(257, "vocabulary size (default: the dataset's tokenizer)")
     lr: float = option(3e-3, "peak learning rate (--lr-protocol fixed) or the centre of the lr search grid")
     warmup_frac: float = option(0.05, "linear warmup as a fraction of each run's steps (--lr-protocol fixed)")
-    lr_protocol: str = option("search", "search (default): an lr grid at the smallest budget for a few sizes, then "
-                              "a fitted lr_opt(N) for every run, warmup = N tokens and beta2 0.99 at small batches "
-                              "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run",
-                              choices=lrp.PROTOCOLS)
+    lr_protocol: str = option(
+        "search",
+        "search (default): an lr grid at the smallest budget for a few sizes, then "
+        "a fitted lr_opt(N) for every run, warmup = N tokens and beta2 0.99 at small batches "
+        "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run",
+        choices=lrp.PROTOCOLS,
+    )
     lr_grid: tuple[float, ...] = option(lrp.DEFAULT_LR_GRID, "lr factors x --lr tried per searched size")
-    lr_search_extend: int = option(2, "a searched size whose best lr is at an edge of the grid gets one more lr 2x "
-                                   "beyond it, up to this many times (0: never)")
-    lr_search_sizes: int = option(3, "sizes of the smallest budget the lr search trains, spread evenly in log N "
-                                  "(0 = all)")
+    lr_search_extend: int = option(
+        2,
+        "a searched size whose best lr is at an edge of the grid gets one more lr 2x "
+        "beyond it, up to this many times (0: never)",
+    )
+    lr_search_sizes: int = option(
+        3, "sizes of the smallest budget the lr search trains, spread evenly in log N (0 = all)"
+    )
     min_size: float = option(1.0, "smallest target non-embedding N (tiny configs collapse below ~1e3)")
 
 
@@ -152,15 +163,21 @@ def _run(spec: LadderSpec, cfg: ModelConfig, n_tokens: float, budget: float, nam
     if spec.lr_protocol == "fixed":
         warmup = max(1, int(round(spec.warmup_frac * steps)))
         lr, beta2 = spec.lr, 0.95
-        hparams = (("lr", "fixed: --lr for every run"), ("warmup", f"fixed: {spec.warmup_frac:g} of the run"),
-                   ("beta2", "fixed: 0.95"), ("batch_size", "fixed: --batch-size"))
+        hparams = (
+            ("lr", "fixed: --lr for every run"),
+            ("warmup", f"fixed: {spec.warmup_frac:g} of the run"),
+            ("beta2", "fixed: 0.95"),
+            ("batch_size", "fixed: --batch-size"),
+        )
     else:
         warmup = lrp.porian_warmup(n, tokens_per_step, steps)
         lr, beta2 = None, lrp.porian_beta2(spec.batch_size)
-        hparams = (("lr", "pending: lr_opt(N) fitted to the lr search (lr_search/lr_search.json)"),
-                   ("warmup", "Porian et al. 2024: N tokens (at most a quarter of the run)"),
-                   ("beta2", f"Porian et al. 2024: 0.99 below {lrp.SMALL_BATCH} sequences per batch, else 0.95"),
-                   ("batch_size", "fixed: --batch-size"))
+        hparams = (
+            ("lr", "pending: lr_opt(N) fitted to the lr search (lr_search/lr_search.json)"),
+            ("warmup", "Porian et al. 2024: N tokens (at most a quarter of the run)"),
+            ("beta2", f"Porian et al. 2024: 0.99 below {lrp.SMALL_BATCH} sequences per batch, else 0.95"),
+            ("batch_size", "fixed: --batch-size"),
+        )
     return PlannedRun(
         name=name,
         budget=float(budget),
@@ -213,12 +230,19 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
             raise UserError(f"every {label} must be a positive number")
     if spec.plan == "isoflop" and not spec.sizes and not (spec.size_span > 1 and math.isfinite(spec.size_span)):
         raise UserError(f"--size-span is N_max/N_min within a budget and must be > 1, got {spec.size_span:g}")
-    for flag, value in (("--tokens-per-param", spec.tokens_per_param), ("--aspect-ratio", spec.aspect_ratio),
-                        ("--lr", spec.lr)):
+    for flag, value in (
+        ("--tokens-per-param", spec.tokens_per_param),
+        ("--aspect-ratio", spec.aspect_ratio),
+        ("--lr", spec.lr),
+    ):
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"{flag} must be a positive number, got {value:g}")
-    for flag, value in (("--head-dim", spec.head_dim), ("--seq-len", spec.seq_len),
-                        ("--batch-size", spec.batch_size), ("--vocab-size", spec.vocab_size)):
+    for flag, value in (
+        ("--head-dim", spec.head_dim),
+        ("--seq-len", spec.seq_len),
+        ("--batch-size", spec.batch_size),
+        ("--vocab-size", spec.vocab_size),
+    ):
         if value < 1:
             raise UserError(f"{flag} must be a positive integer, got {value}")
 
@@ -268,11 +292,16 @@ def plan_lr_search(spec: LadderSpec, runs: Sequence[PlannedRun]) -> list[Planned
     for r in sizes:
         for f in sorted(set(spec.lr_grid)):
             lr = spec.lr * f
-            out.append(dataclasses.replace(
-                r, name=f"{SEARCH_DIR}/{r.name}-lr{lr:.3g}".replace("+", ""), lr=lr, role="search",
-                hparams=tuple((k_, v) for k_, v in r.hparams if k_ != "lr")
-                + (("lr", f"search grid: {f:g} x {spec.lr:g}"),),
-            ))
+            out.append(
+                dataclasses.replace(
+                    r,
+                    name=f"{SEARCH_DIR}/{r.name}-lr{lr:.3g}".replace("+", ""),
+                    lr=lr,
+                    role="search",
+                    hparams=tuple((k_, v) for k_, v in r.hparams if k_ != "lr")
+                    + (("lr", f"search grid: {f:g} x {spec.lr:g}"),),
+                )
+            )
     return out
 
 
@@ -286,8 +315,9 @@ def run_epochs(runs: Sequence[PlannedRun], train_tokens: int | None) -> list[flo
     return [None if train_tokens is None else epochs(train_tokens, r.seq_len, r.batch_size, r.steps) for r in runs]
 
 
-def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None,
-               epochs: Sequence[float | None] | None = None) -> str:
+def plan_table(
+    runs: Sequence[PlannedRun], flops_per_s: float | None = None, epochs: Sequence[float | None] | None = None
+) -> str:
     """A readable table of the plan (N, N_total, D, C, tokens per parameter, estimated time, and
     the passes over the training data when ``epochs`` is known, one per run).
 
@@ -295,12 +325,23 @@ def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None,
     (``144,787,136``) never run into their neighbours.
     """
     show_epochs = epochs is not None and len(epochs) == len(runs) and all(e is not None for e in epochs)
-    head = (["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps", "lr"] + (["epochs"] if show_epochs else [])
-            + (["est. time"] if flops_per_s else []))
+    head = (
+        ["run", "N", "N_total", "D tokens", "C FLOPs", "D/N", "steps", "lr"]
+        + (["epochs"] if show_epochs else [])
+        + (["est. time"] if flops_per_s else [])
+    )
     rows = []
     for i, r in enumerate(runs):
-        row = [r.name, f"{r.non_embedding:,}", f"{r.total:,}", f"{r.tokens:.3g}", f"{r.flops:.3g}",
-               f"{r.tokens / r.non_embedding:.1f}", str(r.steps), "search" if r.lr is None else f"{r.lr:.3g}"]
+        row = [
+            r.name,
+            f"{r.non_embedding:,}",
+            f"{r.total:,}",
+            f"{r.tokens:.3g}",
+            f"{r.flops:.3g}",
+            f"{r.tokens / r.non_embedding:.1f}",
+            str(r.steps),
+            "search" if r.lr is None else f"{r.lr:.3g}",
+        ]
         if show_epochs:
             row.append(f"{epochs[i]:.2f}")
         if flops_per_s:
@@ -318,8 +359,10 @@ def plan_table(runs: Sequence[PlannedRun], flops_per_s: float | None = None,
         foot += f", about {format_seconds(total / flops_per_s)} at {flops_per_s:.3g} FLOP/s"
     lines.append(foot)
     if show_epochs and max(epochs) > 1:
-        lines.append(f"{sum(e > 1 for e in epochs)} of {len(runs)} runs read the training data more than once "
-                     f"(up to {max(epochs):.2f} epochs)")
+        lines.append(
+            f"{sum(e > 1 for e in epochs)} of {len(runs)} runs read the training data more than once "
+            f"(up to {max(epochs):.2f} epochs)"
+        )
     return "\n".join(lines)
 
 
@@ -354,15 +397,28 @@ class LadderPreset:
 
     def train_kwargs(self) -> dict[str, Any]:
         """The TrainConfig fields this preset sets on every run."""
-        return {"dtype": self.dtype, "mesh": dict(self.mesh) if self.mesh else None, "remat": self.remat,
-                "grad_accum": self.grad_accum}
+        return {
+            "dtype": self.dtype,
+            "mesh": dict(self.mesh) if self.mesh else None,
+            "remat": self.remat,
+            "grad_accum": self.grad_accum,
+        }
 
 
 def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderSpec:
     return LadderSpec(
-        plan="isoflop", budgets=budgets, family="modern", sizes_per_budget=7, size_span=32.0,
-        aspect_ratio=64.0, head_dim=64, seq_len=seq_len, batch_size=batch, vocab_size=32000,
-        lr=1e-3, tokens_per_param=20.0,
+        plan="isoflop",
+        budgets=budgets,
+        family="modern",
+        sizes_per_budget=7,
+        size_span=32.0,
+        aspect_ratio=64.0,
+        head_dim=64,
+        seq_len=seq_len,
+        batch_size=batch,
+        vocab_size=32000,
+        lr=1e-3,
+        tokens_per_param=20.0,
     )
 
 
@@ -375,13 +431,31 @@ def _accel_spec(budgets: tuple[float, ...], seq_len: int, batch: int) -> LadderS
 LADDER_PRESETS: dict[str, LadderPreset] = {
     "gpu-h100": LadderPreset(
         "one H100: 3 budgets × 7 sizes, ~1e17–1e18 FLOPs per run",
-        _accel_spec((1e17, 3e17, 1e18), 1024, 128), 989e12, 0.4, mesh={"data": 1}, remat="full", grad_accum=2),
+        _accel_spec((1e17, 3e17, 1e18), 1024, 128),
+        989e12,
+        0.4,
+        mesh={"data": 1},
+        remat="full",
+        grad_accum=2,
+    ),
     "tpu-v4-32": LadderPreset(
         "Cloud TPU v4-32 slice (16 chips): 3 budgets × 7 sizes, 3e18–3e19 FLOPs per run",
-        _accel_spec((3e18, 1e19, 3e19), 2048, 512), 16 * 275e12, 0.4, mesh={"fsdp": 16}, remat="full",
-        grad_accum=8, topology="v4-32"),
+        _accel_spec((3e18, 1e19, 3e19), 2048, 512),
+        16 * 275e12,
+        0.4,
+        mesh={"fsdp": 16},
+        remat="full",
+        grad_accum=8,
+        topology="v4-32",
+    ),
     "tpu-v5e-16": LadderPreset(
         "Cloud TPU v5e-16 slice (16 chips): 3 budgets × 7 sizes, 1e18–1e19 FLOPs per run",
-        _accel_spec((1e18, 3e18, 1e19), 2048, 256), 16 * 197e12, 0.4, mesh={"fsdp": 16}, remat="full",
-        grad_accum=4, topology="v5litepod-16"),
+        _accel_spec((1e18, 3e18, 1e19), 2048, 256),
+        16 * 197e12,
+        0.4,
+        mesh={"fsdp": 16},
+        remat="full",
+        grad_accum=4,
+        topology="v5litepod-16",
+    ),
 }

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from scalinglab.errors import UserError
 from scalinglab.models import accounting, sharding
@@ -66,8 +68,9 @@ class LoweredStep:
     micro_steps: int  # iterations of the step's microbatch loop (accumulation, sequential GNS halves); 1: none
 
 
-def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any] | None = None,
-                  n_processes: int | None = None) -> TrainProgram:
+def build_program(
+    cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any] | None = None, n_processes: int | None = None
+) -> TrainProgram:
     """Mesh, shardings, abstract state and compiled steps for ``cfg`` (validated) and ``model_cfg``.
 
     ``devices`` default to all of ``jax.devices()``, ``n_processes`` to ``jax.process_count()``.
@@ -78,22 +81,26 @@ def build_program(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence
     return TrainProgram(train_step=parts.pop("lowered").compile(), **parts)
 
 
-def lower_train_step(cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any],
-                     n_processes: int | None = None) -> LoweredStep:
+def lower_train_step(
+    cfg: TrainConfig, model_cfg: ModelConfig, *, devices: Sequence[Any], n_processes: int | None = None
+) -> LoweredStep:
     """The train step of :func:`build_program`, lowered for ``devices`` (e.g. compile-only TPU devices)."""
     parts = _lowered_parts(cfg, model_cfg, devices, n_processes)
     return LoweredStep(parts["lowered"], parts["abstract_state"], parts["mesh_shape"], parts["micro_steps"])
 
 
-def _lowered_parts(cfg: TrainConfig, model_cfg: ModelConfig, devices: Sequence[Any] | None,
-                   n_processes: int | None) -> dict[str, Any]:
+def _lowered_parts(
+    cfg: TrainConfig, model_cfg: ModelConfig, devices: Sequence[Any] | None, n_processes: int | None
+) -> dict[str, Any]:
     devices = list(jax.devices() if devices is None else devices)
     n_proc = jax.process_count() if n_processes is None else int(n_processes)
     mesh_shape = cfg.mesh_shape(len(devices), n_proc)
     mesh = sharding.make_mesh(**mesh_shape, devices=devices)
     dp = mesh_shape["data"] * mesh_shape["fsdp"]
     if cfg.batch_size % (dp * n_proc // math.gcd(dp, n_proc)):
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by data×fsdp={dp} and the process count {n_proc}")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} must be divisible by data×fsdp={dp} and the process count {n_proc}"
+        )
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     if eval_bs % dp or eval_bs % n_proc:
         raise UserError(f"eval batch size {eval_bs} must be divisible by data×fsdp={dp} and {n_proc} processes")
@@ -116,7 +123,10 @@ def _lowered_parts(cfg: TrainConfig, model_cfg: ModelConfig, devices: Sequence[A
 
     abstract_state = jax.eval_shape(init_state)
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_state["opt_state"], params_sh,
+        optimizer,
+        lambda _, s: s,
+        abstract_state["opt_state"],
+        params_sh,
         transform_non_params=lambda _: replicated,
     )
     state_sh = {k: jax.tree.map(lambda _: replicated, v) for k, v in abstract_state.items()}
@@ -138,15 +148,32 @@ def _lowered_parts(cfg: TrainConfig, model_cfg: ModelConfig, devices: Sequence[A
         else:
             gns_on = False
     step_fn = step_lib.make_train_step(
-        loss_fn, optimizer, schedule, grad_accum=cfg.grad_accum, gns=gns_on, gns_groups=groups,
-        gns_window=cfg.gns_window, gns_ema=cfg.gns_ema, group_sharding=group_sh, has_aux=True,
+        loss_fn,
+        optimizer,
+        schedule,
+        grad_accum=cfg.grad_accum,
+        gns=gns_on,
+        gns_groups=groups,
+        gns_window=cfg.gns_window,
+        gns_ema=cfg.gns_ema,
+        group_sharding=group_sh,
+        has_aux=True,
     )
     abstract_batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=batch_sh)
     lowered = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch)
     eval_step = step_lib.make_eval_step(lambda p, b: loss_fn(p, b)[1], params_sh, batch_sh)
     micro_steps = cfg.grad_accum if cfg.grad_accum > 1 else (groups if gns_on and group_sh is None else 1)
     return dict(
-        model_cfg=model_cfg, mesh=mesh, mesh_shape=mesh_shape, batch_sharding=batch_sh, state_sharding=state_sh,
-        abstract_state=abstract_state, init_state=init_state, lowered=lowered, eval_step=eval_step,
-        eval_batch_size=eval_bs, schedule=schedule, micro_steps=micro_steps,
+        model_cfg=model_cfg,
+        mesh=mesh,
+        mesh_shape=mesh_shape,
+        batch_sharding=batch_sh,
+        state_sharding=state_sh,
+        abstract_state=abstract_state,
+        init_state=init_state,
+        lowered=lowered,
+        eval_step=eval_step,
+        eval_batch_size=eval_bs,
+        schedule=schedule,
+        micro_steps=micro_steps,
     )

@@ -31,6 +31,7 @@ def _decay(shape: str, peak_lr: float, steps: int) -> optax.Schedule:
     if shape == "linear":
         return optax.linear_schedule(peak_lr, 0.0, steps)
     if shape == "1-sqrt":
+
         def one_minus_sqrt(count):
             frac = jnp.clip(jnp.asarray(count, jnp.float32) / steps, 0.0, 1.0)
             return peak_lr * (1.0 - jnp.sqrt(frac))
@@ -55,8 +56,9 @@ def make_schedule(
     decay_shape: str = "linear",
 ) -> optax.Schedule:
     """Build the schedule ``name`` (``cosine|constant|wsd``) for a run of ``total_steps``."""
-    return _shifted(_by_update(name, peak_lr, total_steps, warmup, min_lr_ratio, decay_start,
-                               decay_fraction, decay_shape))
+    return _shifted(
+        _by_update(name, peak_lr, total_steps, warmup, min_lr_ratio, decay_start, decay_fraction, decay_shape)
+    )
 
 
 def _by_update(name, peak_lr, total_steps, warmup, min_lr_ratio, decay_start, decay_fraction, decay_shape):

@@ -19,12 +19,14 @@ Gradient noise scale, small vs big batch (see :mod:`scalinglab.train.gns`):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from scalinglab.train import gns as gns_lib
 
@@ -147,8 +149,16 @@ def make_train_step(
         gns_state = state["gns"]
         if b_small is not None and gns:
             g2, trace = gns_lib.unbiased_estimates(sq_small, sq_big, b_small, n_examples)
-            gns_state = gns_lib.update(gns_state, g2, trace, n_examples=n_examples, step=state["step"] + 1,
-                                       window=gns_window, decay=gns_ema, ok=finite)
+            gns_state = gns_lib.update(
+                gns_state,
+                g2,
+                trace,
+                n_examples=n_examples,
+                step=state["step"] + 1,
+                window=gns_window,
+                decay=gns_ema,
+                ok=finite,
+            )
         g2_c, trace_c, b_simple, gns_step = gns_lib.estimate(gns_state)
 
         applied = state["step"] - state["skipped"]  # optimizer updates applied before this one

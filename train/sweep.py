@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from scalinglab.errors import UserError, stop_if_signalled
 from scalinglab.fileio import atomic_write_json, read_json
@@ -105,7 +106,9 @@ def plan_sweep(
     if lr_rule not in LR_RULES:
         raise UserError(f"unknown --lr-rule {lr_rule!r}; choose one of {', '.join(LR_RULES)}")
     if base.tokens is None or base.steps is not None:
-        raise UserError("a batch sweep trains every batch size on the same --tokens budget (give --tokens, not --steps)")
+        raise UserError(
+            "a batch sweep trains every batch size on the same --tokens budget (give --tokens, not --steps)"
+        )
     if not base.lr > 0:
         raise UserError(f"--lr must be positive, got {base.lr}")
     b0 = int(base_batch or sizes[0])
@@ -118,22 +121,37 @@ def plan_sweep(
     warmup = base.warmup if base.warmup is not None else max(1, round(WARMUP_FRACTION * shortest))
     cadence = dict(log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
     return [
-        sweep_run(base, b, lr_for(lr_rule, base.lr, b0, b) * f, out=out, warmup=warmup, grid=lr_rule == "grid",
-                  **cadence)
+        sweep_run(
+            base, b, lr_for(lr_rule, base.lr, b0, b) * f, out=out, warmup=warmup, grid=lr_rule == "grid", **cadence
+        )
         for b in sizes
         for f in sorted(set(factors))
     ]
 
 
 def sweep_run(
-    base: TrainConfig, batch_size: int, lr: float, *, out: str | Path, warmup: int, grid: bool,
-    log_every: int | None = None, eval_every: int | None = None, checkpoint_every: int | None = None,
+    base: TrainConfig,
+    batch_size: int,
+    lr: float,
+    *,
+    out: str | Path,
+    warmup: int,
+    grid: bool,
+    log_every: int | None = None,
+    eval_every: int | None = None,
+    checkpoint_every: int | None = None,
 ) -> SweepRun:
     """One run of a sweep at (``batch_size``, ``lr``) into ``out/<subdir>`` (see :func:`plan_sweep`)."""
     subdir = f"b{batch_size}_lr{_lr_tag(lr)}" if grid else f"b{batch_size}"
     steps = max(1, math.ceil(base.tokens / (batch_size * base.seq_len)))
     cfg = dataclasses.replace(
-        base, name=subdir, batch_size=batch_size, lr=lr, warmup=warmup, out=str(Path(out) / subdir), resume=True,
+        base,
+        name=subdir,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        out=str(Path(out) / subdir),
+        resume=True,
         log_every=log_every or max(1, steps // 500),
         eval_every=eval_every if eval_every is not None else max(1, steps // 20),
         checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, steps // 10),
@@ -148,8 +166,14 @@ def check_all_fit(runs: Sequence[SweepRun]) -> None:
 
     for r in sorted(runs, key=lambda r: -r.batch_size):
         c = r.config
-        check_fits(get_config(c.preset, c.overrides), batch_size=c.batch_size, seq_len=c.seq_len,
-                   grad_accum=c.grad_accum, dtype=c.dtype, what=f"batch size {r.batch_size} ({r.subdir})")
+        check_fits(
+            get_config(c.preset, c.overrides),
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            grad_accum=c.grad_accum,
+            dtype=c.dtype,
+            what=f"batch size {r.batch_size} ({r.subdir})",
+        )
 
 
 def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: Sequence[float]) -> dict[str, Any]:
@@ -212,9 +236,18 @@ def run_sweep(
     ours = check_out_dir(out, "batch-sweep", signature=SWEEP_FILE, force=force)
     meta_path = out / SWEEP_FILE
     settings = _settings(base, lr_rule, base_batch, lr_grid)
-    meta: dict[str, Any] = {"kind": "batch-sweep", "batch_sizes": [], "lr_rule": lr_rule, "runs": {},
-                            "settings": settings, "warmup": None, "lr": {}, "candidates": {}, "grid": {},
-                            "extended": {}}
+    meta: dict[str, Any] = {
+        "kind": "batch-sweep",
+        "batch_sizes": [],
+        "lr_rule": lr_rule,
+        "runs": {},
+        "settings": settings,
+        "warmup": None,
+        "lr": {},
+        "candidates": {},
+        "grid": {},
+        "extended": {},
+    }
     if meta_path.exists():
         try:
             old = read_json(meta_path)
@@ -223,7 +256,8 @@ def run_sweep(
         if not isinstance(old, dict) or old.get("kind") != "batch-sweep":
             raise UserError(f"{meta_path} exists but is not a batch sweep; choose a new --out")
         started = any(run_started(out / str(d)) for d in (old.get("runs") or {}).values()) or any(
-            run_started(d) for d in out.iterdir() if d.is_dir())
+            run_started(d) for d in out.iterdir() if d.is_dir()
+        )
         if old.get("settings") != settings and started:
             diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
             raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
@@ -234,8 +268,7 @@ def run_sweep(
         meta["batch_sizes"] = list(old.get("batch_sizes") or [])
         if base.warmup is None and isinstance(old.get("warmup"), int):
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
-    runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out,
-                      **cadence)
+    runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out, **cadence)
     if train_fn is None:
         check_all_fit(runs)  # every batch size before training any, before writing anything
     mark_out_dir(out, "batch-sweep", ours)
@@ -261,8 +294,10 @@ def run_sweep(
             log(f"[batch-sweep] {r.subdir}: finished, skipped")
             return read_json(summary_path)
         state = "resuming" if Path(r.config.out).exists() else "training"
-        log(f"[batch-sweep] {r.subdir}: {state} (B={r.batch_size}, lr={r.lr:.4g}, "
-            f"{r.config.total_steps()} steps, warmup {r.config.warmup})")
+        log(
+            f"[batch-sweep] {r.subdir}: {state} (B={r.batch_size}, lr={r.lr:.4g}, "
+            f"{r.config.total_steps()} steps, warmup {r.config.warmup})"
+        )
         summary = train_fn(r.config)
         stop_if_signalled(summary, f"batch-sweep run {r.subdir}")  # never start the next run after a signal
         if summary.get("status") != "complete":

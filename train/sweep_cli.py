@@ -19,17 +19,24 @@ class SweepOptions:
 
     batch_sizes: tuple[int, ...] = option((8, 16, 32, 64, 128), "global batch sizes in sequences")
     lr_rule: str = option(
-        DEFAULT_LR_RULE, "lr per batch size from --lr at --base-batch: grid (default: --lr-grid factors x the sqrt "
+        DEFAULT_LR_RULE,
+        "lr per batch size from --lr at --base-batch: grid (default: --lr-grid factors x the sqrt "
         "rule, one run each; fit-batch takes the fewest steps over a batch size's lrs per target), sqrt "
         "(lr*sqrt(B/B0)), linear (lr*B/B0) or fixed (one untuned run per batch size: biased, see the README)",
-        choices=LR_RULES)
+        choices=LR_RULES,
+    )
     base_batch: int | None = option(None, "batch size B0 at which --lr applies (default: the smallest)")
-    lr_grid: tuple[float, ...] = option(DEFAULT_LR_GRID, "lr factors for --lr-rule grid (default "
-                                        + ",".join(str(f) for f in DEFAULT_LR_GRID) + ": five, 2x apart)")
+    lr_grid: tuple[float, ...] = option(
+        DEFAULT_LR_GRID,
+        "lr factors for --lr-rule grid (default " + ",".join(str(f) for f in DEFAULT_LR_GRID) + ": five, 2x apart)",
+    )
     extend_grid: int = option(
-        0, "when a batch size's best final eval loss is at the smallest or largest lr of its grid, train one more "
+        0,
+        "when a batch size's best final eval loss is at the smallest or largest lr of its grid, train one more "
         "lr 2x beyond it, up to K times per batch size (K defaults to 2 when the flag is given alone)",
-        metavar="K", const=2)
+        metavar="K",
+        const=2,
+    )
     out: str | None = option(None, "sweep directory")
     force: bool = option(False, "train into an --out that is not a sweep directory (nothing in it is replaced)")
     log_every: int | None = option(None, "metrics cadence in steps (default: 500 records per run)")
@@ -38,19 +45,36 @@ class SweepOptions:
 
 
 # TrainConfig fields the sweep sets per run (or takes from SweepOptions); every other one is shared.
-PER_RUN = ("name", "batch_size", "steps", "out", "resume", "branch_from", "branch_step", "wsd_decay_start",
-           "log_every", "eval_every", "checkpoint_every")
+PER_RUN = (
+    "name",
+    "batch_size",
+    "steps",
+    "out",
+    "resume",
+    "branch_from",
+    "branch_step",
+    "wsd_decay_start",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+)
 SCHEMA = Schema(
     "batch-sweep",
     Part(SweepOptions, section="sweep", required=("out",)),
-    Part(TrainConfig, exclude=PER_RUN, required=("tokens",), defaults={"schedule": "constant"}, help={
-        "tokens": "training tokens of every run (e.g. 2e6)",
-        "lr": f"peak lr at --base-batch (default {TrainConfig.lr})",
-        "schedule": "lr schedule (default constant: the loss at a step then does not depend on the run's length)",
-        "warmup": "warmup steps, the same for every run (default 5% of the shortest run)",
-        "seed": "seed (same init for every batch size)",
-        "gns": "skip the in-loop gradient-noise-scale statistics (no B_simple)",
-    }),
+    Part(
+        TrainConfig,
+        exclude=PER_RUN,
+        required=("tokens",),
+        defaults={"schedule": "constant"},
+        help={
+            "tokens": "training tokens of every run (e.g. 2e6)",
+            "lr": f"peak lr at --base-batch (default {TrainConfig.lr})",
+            "schedule": "lr schedule (default constant: the loss at a step then does not depend on the run's length)",
+            "warmup": "warmup steps, the same for every run (default 5% of the shortest run)",
+            "seed": "seed (same init for every batch size)",
+            "gns": "skip the in-loop gradient-noise-scale statistics (no B_simple)",
+        },
+    ),
 )
 
 
@@ -63,17 +87,27 @@ def settings(args: argparse.Namespace) -> tuple[TrainConfig, SweepOptions]:
 def _handler(args: argparse.Namespace) -> int:
     base, opts = settings(args)
     meta = run_sweep(
-        base, opts.batch_sizes, out=opts.out, lr_rule=opts.lr_rule, base_batch=opts.base_batch,
-        lr_grid=opts.lr_grid, extend_grid=opts.extend_grid, log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        log_every=opts.log_every, eval_every=opts.eval_every, checkpoint_every=opts.checkpoint_every,
+        base,
+        opts.batch_sizes,
+        out=opts.out,
+        lr_rule=opts.lr_rule,
+        base_batch=opts.base_batch,
+        lr_grid=opts.lr_grid,
+        extend_grid=opts.extend_grid,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        log_every=opts.log_every,
+        eval_every=opts.eval_every,
+        checkpoint_every=opts.checkpoint_every,
         resolved_config=SCHEMA.dump(opts, base),
         force=opts.force,
     )
     if args.json:
         emit_json(meta)
     else:
-        sys.stderr.write(f"sweep complete: {len(meta['runs'])} batch sizes in {opts.out}; "
-                         f"fit it with: scalinglab fit-batch {opts.out}\n")
+        sys.stderr.write(
+            f"sweep complete: {len(meta['runs'])} batch sizes in {opts.out}; "
+            f"fit it with: scalinglab fit-batch {opts.out}\n"
+        )
     return 0
 
 

@@ -53,7 +53,9 @@ NO_TF_SCRIPT = textwrap.dedent(
     # every 50th chunk: at most 4096 bytes unless it is a single long line
     out["stdlib_chunks_fit"] = all(len(t) <= 4096 or t.count(b"\\n") <= 1
                                    for t in (train[i]["text"] for i in range(0, len(train), 50)))
-    ds = pipeline.prepare_dataset("synthetic_markov/notf", data_dir, {"train_docs": 4, "validation_docs": 2, "doc_length": 64})
+    ds = pipeline.prepare_dataset(
+        "synthetic_markov/notf", data_dir, {"train_docs": 4, "validation_docs": 2, "doc_length": 64}
+    )
     out["markov"] = ds.stats()
     it = pipeline.make_train_iterator(ds, seq_len=16, global_batch_size=2, seed=0)
     out["batch_shape"] = list(next(it).shape)
@@ -67,7 +69,10 @@ def test_builders_without_tensorflow(tmp_path):
     env = dict(os.environ, SCALINGLAB_DATA_DIR=str(tmp_path / "unused"))
     proc = subprocess.run(
         [sys.executable, "-c", NO_TF_SCRIPT, str(tmp_path / "data"), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,7 +87,8 @@ def test_builders_without_tensorflow(tmp_path):
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
     files = sorted(
-        p for p in root.glob("**/*.py")
+        p
+        for p in root.glob("**/*.py")
         if p.is_file() and p.stat().st_size and not skip.intersection(p.relative_to(root).parts[:-1])
     )
     size = 0
@@ -96,7 +102,9 @@ def test_builders_without_tensorflow(tmp_path):
     # chunk count is at least the number of files and at least total bytes / 4096
     n_docs = st["splits"]["train"]["documents"] + st["splits"]["validation"]["documents"]
     assert n_docs >= max(len(kept), size / 4096)
-    assert st["splits"]["train"]["tokens"] + st["splits"]["validation"]["tokens"] == pytest.approx(size + n_docs, rel=1e-3)
+    assert st["splits"]["train"]["tokens"] + st["splits"]["validation"]["tokens"] == pytest.approx(
+        size + n_docs, rel=1e-3
+    )
     assert out["stdlib_chunks_fit"]
     val = [r for r in kept if int.from_bytes(hashlib.sha1(r.encode()).digest()[:8], "big") < 0.02 * 2**64]
     assert out["stdlib_val_paths"] == sorted(val)

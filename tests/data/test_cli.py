@@ -6,16 +6,43 @@ from scalinglab.cli import main
 
 
 def test_prepare_and_stats_json(tmp_path, capsys):
-    rc = main([
-        "data", "prepare", "--dataset", "synthetic_markov/cli", "--data-dir", str(tmp_path),
-        "--config", "train_docs=3", "--config", "validation_docs=2", "--config", "doc_length=40",
-        "--config", "vocab=5", "--json",
-    ])
+    rc = main(
+        [
+            "data",
+            "prepare",
+            "--dataset",
+            "synthetic_markov/cli",
+            "--data-dir",
+            str(tmp_path),
+            "--config",
+            "train_docs=3",
+            "--config",
+            "validation_docs=2",
+            "--config",
+            "doc_length=40",
+            "--config",
+            "vocab=5",
+            "--json",
+        ]
+    )
     assert rc == 0
     prepared = json.loads(capsys.readouterr().out)  # stdout is pure JSON
     assert prepared["splits"]["train"] == {"documents": 3, "document_tokens": 120, "tokens": 123}
-    rc = main(["data", "stats", "--dataset", "synthetic_markov/cli", "--data-dir", str(tmp_path),
-               "--json", "--seq-len", "8", "--batch-size", "4"])
+    rc = main(
+        [
+            "data",
+            "stats",
+            "--dataset",
+            "synthetic_markov/cli",
+            "--data-dir",
+            str(tmp_path),
+            "--json",
+            "--seq-len",
+            "8",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 0
     s = json.loads(capsys.readouterr().out)
     assert s["vocab_size"] == 6 and s["separator_id"] == 5 and s["tokenizer"] == "ids"
@@ -44,14 +71,42 @@ def test_stats_missing_dataset_names_the_command(tmp_path, monkeypatch, capsys):
 def test_prepare_bad_input_exits_2(tmp_path, capsys):
     assert main(["data", "prepare", "--dataset", "nope", "--data-dir", str(tmp_path)]) == 2
     assert "unknown dataset builder" in capsys.readouterr().err
-    assert main(["data", "prepare", "--dataset", "synthetic_markov", "--data-dir", str(tmp_path),
-                 "--config", "order=x"]) == 2
+    assert (
+        main(["data", "prepare", "--dataset", "synthetic_markov", "--data-dir", str(tmp_path), "--config", "order=x"])
+        == 2
+    )
     assert "order" in capsys.readouterr().err
-    assert main(["data", "prepare", "--dataset", "local_text/x", "--data-dir", str(tmp_path),
-                 "--config", f"root={tmp_path / 'nothing'}"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--dataset",
+                "local_text/x",
+                "--data-dir",
+                str(tmp_path),
+                "--config",
+                f"root={tmp_path / 'nothing'}",
+            ]
+        )
+        == 2
+    )
     assert "not a directory" in capsys.readouterr().err
-    assert main(["data", "prepare", "--dataset", "synthetic_markov", "--data-dir", str(tmp_path),
-                 "--config", "tokenizer=bpe"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--dataset",
+                "synthetic_markov",
+                "--data-dir",
+                str(tmp_path),
+                "--config",
+                "tokenizer=bpe",
+            ]
+        )
+        == 2
+    )
     capsys.readouterr()
     # nothing half-written is left behind
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]

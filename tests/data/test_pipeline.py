@@ -126,7 +126,12 @@ def test_process_shards_disjoint_and_cover_epoch(text_ds, n_proc):
     seen = []
     for p in range(n_proc):
         it = pipeline.make_train_iterator(
-            text_ds, seq_len=SEQ, global_batch_size=8, seed=2, process_index=p, process_count=n_proc,
+            text_ds,
+            seq_len=SEQ,
+            global_batch_size=8,
+            seed=2,
+            process_index=p,
+            process_count=n_proc,
             shuffle_window=1,
         )
         want = len(range(p, n, n_proc))  # this process's share of the first global epoch

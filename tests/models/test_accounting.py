@@ -18,19 +18,18 @@ CONFIGS = {
     "gpt2-tiny": get_config("gpt2-tiny"),
     "gpt2_wide_ff": ModelConfig("gpt2", n_layer=3, d_model=48, n_head=3, d_ff=100, n_ctx=40, vocab_size=101),
     "modern_gqa_untied": get_config("modern-tiny"),
-    "modern_mqa_tied": ModelConfig("modern", n_layer=2, d_model=64, n_head=8, n_kv_head=1, n_ctx=32,
-                                   vocab_size=99, tie_embeddings=True),
+    "modern_mqa_tied": ModelConfig(
+        "modern", n_layer=2, d_model=64, n_head=8, n_kv_head=1, n_ctx=32, vocab_size=99, tie_embeddings=True
+    ),
     "modern_mha_untied": ModelConfig("modern", n_layer=3, d_model=32, n_head=2, d_ff=72, n_ctx=24, vocab_size=50),
-    "gpt2_untied": ModelConfig("gpt2", n_layer=1, d_model=32, n_head=4, n_ctx=16, vocab_size=64,
-                               tie_embeddings=False),
+    "gpt2_untied": ModelConfig("gpt2", n_layer=1, d_model=32, n_head=4, n_ctx=16, vocab_size=64, tie_embeddings=False),
 }
 
 
 def _leaf_groups(cfg: ModelConfig) -> dict[str, int]:
     """Parameters of the real (abstract) model, grouped by leaf path — no accounting formulas involved."""
     state = nnx.state(nnx.eval_shape(lambda: _build(cfg)), nnx.Param)
-    groups = dict.fromkeys(("token_embedding", "position_embedding", "attention", "mlp", "norms", "biases",
-                            "head"), 0)
+    groups = dict.fromkeys(("token_embedding", "position_embedding", "attention", "mlp", "norms", "biases", "head"), 0)
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         keys = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
         if keys.startswith("wte"):
@@ -89,8 +88,10 @@ def test_param_groups_match_model_leaves(name):
     assert counts["by_group"] == leaves
     assert counts["total"] == sum(leaves.values())
     assert counts["total"] == counts["embedding"] + counts["head"] + counts["non_embedding"]
-    assert counts["non_embedding"] == counts["total"] - leaves["token_embedding"] - leaves["position_embedding"] \
-        - leaves["head"]
+    assert (
+        counts["non_embedding"]
+        == counts["total"] - leaves["token_embedding"] - leaves["position_embedding"] - leaves["head"]
+    )
     assert counts["non_embedding_with_head"] == counts["non_embedding"] + leaves["head"]
     assert (counts["head"] == 0) == cfg.tied
 

@@ -17,8 +17,9 @@ from scalinglab.models.transformer import Transformer
 TINY = {
     "gpt2": ModelConfig("gpt2", n_layer=2, d_model=32, n_head=4, n_ctx=16, vocab_size=40),
     "modern_gqa": ModelConfig("modern", n_layer=2, d_model=32, n_head=4, n_kv_head=2, d_ff=48, n_ctx=16, vocab_size=40),
-    "modern_mha_tied": ModelConfig("modern", n_layer=2, d_model=32, n_head=4, d_ff=48, n_ctx=16, vocab_size=40,
-                                   tie_embeddings=True),
+    "modern_mha_tied": ModelConfig(
+        "modern", n_layer=2, d_model=32, n_head=4, d_ff=48, n_ctx=16, vocab_size=40, tie_embeddings=True
+    ),
 }
 
 _forward = nnx.jit(lambda model, tokens_BT: model(tokens_BT))
@@ -105,8 +106,7 @@ def _randomize(model, seed=3):
     state = nnx.state(model, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
     rng = np.random.default_rng(seed)  # numpy: no XLA compilation per parameter shape
-    new = [jnp.asarray(0.3 * rng.standard_normal(x.shape) + (1.0 if x.ndim == 1 else 0.0), x.dtype)
-           for x in leaves]
+    new = [jnp.asarray(0.3 * rng.standard_normal(x.shape) + (1.0 if x.ndim == 1 else 0.0), x.dtype) for x in leaves]
     nnx.update(model, jax.tree.unflatten(treedef, new))
 
 
@@ -161,9 +161,12 @@ def test_gpt2_init_statistics():
         return np.concatenate([np.ravel(np.asarray(a)) for a in arrays])
 
     blocks = list(model.blocks)
-    plain = pooled(model.wte.embedding[...], model.wpe.embedding[...],
-                   *[getattr(b.attn, n).kernel[...] for b in blocks for n in "qkv"],
-                   *[b.mlp.up.kernel[...] for b in blocks])
+    plain = pooled(
+        model.wte.embedding[...],
+        model.wpe.embedding[...],
+        *[getattr(b.attn, n).kernel[...] for b in blocks for n in "qkv"],
+        *[b.mlp.up.kernel[...] for b in blocks],
+    )
     residual = pooled(*[b.attn.o.kernel[...] for b in blocks], *[b.mlp.down.kernel[...] for b in blocks])
     for arr, want in ((plain, std), (residual, resid)):
         assert abs(arr.mean()) < 4 * want / math.sqrt(arr.size)
@@ -197,7 +200,7 @@ def test_sharded_forward_matches_unsharded_on_2x2x2_mesh():
         wte = state["wte"]["embedding"][...]
         assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
         assert wte.addressable_shards[0].data.shape == (cfg.vocab_size // 2, cfg.d_model // 2)
-        out = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens_sharded)
+        out = jax.jit(lambda s, t, g=graphdef: nnx.merge(g, s)(t))(state, tokens_sharded)
         assert len(out.sharding.device_set) == 8
         np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=0)
 
@@ -213,7 +216,9 @@ def test_uneven_dimension_is_replicated():
 
 def test_rules_and_batch_spec():
     assert sharding.logical_to_spec(("embed", "mlp")) == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert sharding.logical_to_spec(("heads", "head_dim", "embed")) == jax.sharding.PartitionSpec("tensor", None, "fsdp")
+    assert sharding.logical_to_spec(("heads", "head_dim", "embed")) == jax.sharding.PartitionSpec(
+        "tensor", None, "fsdp"
+    )
     assert sharding.batch_spec() == jax.sharding.PartitionSpec(("data", "fsdp"), None)
     with pytest.raises(ValueError):
         sharding.logical_to_spec(("nonsense",))

@@ -39,16 +39,29 @@ def _entries(path):
 def test_fit_identical_cold_warm_and_without_cache(tmp_path):
     t = isoflop_table(4, 10, sigma=0.01, seed=3)
     csv = tmp_path / "table.csv"
-    csv.write_text("params,tokens,loss\n" + "".join(
-        f"{n:.17g},{d:.17g},{l:.17g}\n" for n, d, l in zip(t["params"], t["tokens"], t["loss"])))
+    csv.write_text(
+        "params,tokens,loss\n"
+        + "".join(f"{n:.17g},{d:.17g},{l:.17g}\n" for n, d, l in zip(t["params"], t["tokens"], t["loss"]))
+    )
     env = {k: v for k, v in os.environ.items() if k != compile_cache.DISABLE_ENV and not k.startswith("JAX_")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     env["JAX_PLATFORMS"] = "cpu"
     cache = tmp_path / "xdg" / "scalinglab" / f"jax-{importlib.metadata.version('jax')}"
 
     def fit(*extra):
-        cmd = [sys.executable, "-m", "scalinglab.cli", "fit", str(csv), "--law", "chinchilla", "--bootstrap", "16",
-               "--json", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "scalinglab.cli",
+            "fit",
+            str(csv),
+            "--law",
+            "chinchilla",
+            "--bootstrap",
+            "16",
+            "--json",
+            *extra,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)

@@ -7,8 +7,14 @@ import stat
 import numpy as np
 import pytest
 
-from scalinglab.fileio import (atomic_write_bytes, atomic_write_json, built_in_temp_dir, json_safe, read_json,
-                               temp_dir_beside)
+from scalinglab.fileio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    built_in_temp_dir,
+    json_safe,
+    read_json,
+    temp_dir_beside,
+)
 
 
 def _mode(p):
@@ -57,10 +63,27 @@ def test_built_in_temp_dir_replaces_on_success_and_keeps_old_on_error(tmp_path):
 
 
 def test_json_safe_gives_strict_json_values():
-    obj = {1: np.float32(0.5), "nan": float("nan"), "inf": np.float64(-np.inf), "i": np.int64(7), "b": np.bool_(True),
-           "arr": np.array([[1.0, np.nan]]), "t": (1, "x", None), "drop": 1, "deep": [{"drop": 2, "k": 3}]}
+    obj = {
+        1: np.float32(0.5),
+        "nan": float("nan"),
+        "inf": np.float64(-np.inf),
+        "i": np.int64(7),
+        "b": np.bool_(True),
+        "arr": np.array([[1.0, np.nan]]),
+        "t": (1, "x", None),
+        "drop": 1,
+        "deep": [{"drop": 2, "k": 3}],
+    }
     out = json_safe(obj, drop_keys=("drop",))
-    assert out == {"1": 0.5, "nan": None, "inf": None, "i": 7, "b": True, "arr": [[1.0, None]], "t": [1, "x", None],
-                   "deep": [{"k": 3}]}
+    assert out == {
+        "1": 0.5,
+        "nan": None,
+        "inf": None,
+        "i": 7,
+        "b": True,
+        "arr": [[1.0, None]],
+        "t": [1, "x", None],
+        "deep": [{"k": 3}],
+    }
     assert type(out["i"]) is int and type(out["b"]) is bool
     assert json.loads(json.dumps(out, allow_nan=False)) == out

@@ -23,8 +23,11 @@ def _state(v):
 
 
 def _arrays(step_dir):
-    return [f for f in step_dir.rglob("*") if f.is_file() and "extra" not in str(f) and f.suffix != ".json"
-            and f.stat().st_size > 0]
+    return [
+        f
+        for f in step_dir.rglob("*")
+        if f.is_file() and "extra" not in str(f) and f.suffix != ".json" and f.stat().st_size > 0
+    ]
 
 
 def _truncate(step_dir):

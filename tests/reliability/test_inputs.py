@@ -16,23 +16,27 @@ def _one_line_exit_2(capsys, *argv) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--budgets", ""], "--budgets"),
-    (["--size-span", "-3"], "--size-span"),
-    (["--size-span", "0"], "--size-span"),
-    (["--size-span", "1"], "must be > 1"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--tokens-per-param", "0"], "--tokens-per-param"),
-    (["--throughput", "-5"], "--throughput"),
-    (["--aspect-ratio", "0"], "--aspect-ratio"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--budgets", ""], "--budgets"),
+        (["--size-span", "-3"], "--size-span"),
+        (["--size-span", "0"], "--size-span"),
+        (["--size-span", "1"], "must be > 1"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--tokens-per-param", "0"], "--tokens-per-param"),
+        (["--throughput", "-5"], "--throughput"),
+        (["--aspect-ratio", "0"], "--aspect-ratio"),
+    ],
+)
 def test_ladder_flags_validated_by_range(capsys, flags, message):
     line = _one_line_exit_2(capsys, "ladder", "--dry-run", "--vocab-size", "257", *flags)
     assert message in line
 
 
-@pytest.mark.parametrize("field, value", [("norm_eps", "-1"), ("norm_eps", "0"), ("init_std", "-0.02"),
-                                          ("rope_theta", "0")])
+@pytest.mark.parametrize(
+    "field, value", [("norm_eps", "-1"), ("norm_eps", "0"), ("init_std", "-0.02"), ("rope_theta", "0")]
+)
 def test_model_values_validated_by_range(field, value):
     from scalinglab.models.config import get_config
 
@@ -49,11 +53,14 @@ def test_config_field_of_the_wrong_type_is_named():
         validate(dataclasses.replace(TrainConfig(steps=1), lr=True))
 
 
-@pytest.mark.parametrize("rows, law", [
-    (["1e6,1e8,3.0"] * 20, "chinchilla"),  # 20 identical rows
-    ([f"1e6,{d:.0f},{2 + 1e3 / d:.6f}" for d in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)], "kaplan-n"),  # one N
-    ([f"1e6,{d:.0f},{2 + 1e3 / d:.6f}" for d in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)], "chinchilla"),
-])
+@pytest.mark.parametrize(
+    "rows, law",
+    [
+        (["1e6,1e8,3.0"] * 20, "chinchilla"),  # 20 identical rows
+        ([f"1e6,{d:.0f},{2 + 1e3 / d:.6f}" for d in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)], "kaplan-n"),  # one N
+        ([f"1e6,{d:.0f},{2 + 1e3 / d:.6f}" for d in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)], "chinchilla"),
+    ],
+)
 def test_fit_that_cannot_identify_the_law_says_so(tmp_path, capsys, rows, law):
     csv = tmp_path / "runs.csv"
     csv.write_text("params,tokens,loss\n" + "\n".join(rows) + "\n")

@@ -17,8 +17,15 @@ _rt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_rt)
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow),
-                                  pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        pytest.param(1, marks=pytest.mark.slow),
+        pytest.param(2, marks=pytest.mark.slow),
+        pytest.param(3, marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_at_random_step_during_saves_then_resume_is_exact(make_config, tmp_path, seed):
     rng = random.Random(seed)
     reference = _rt._reference(make_config, tmp_path)  # saves every EVERY steps; cadence does not change metrics
@@ -36,7 +43,11 @@ def test_sigkill_at_random_step_during_saves_then_resume_is_exact(make_config, t
             break
         assert code == -signal.SIGKILL, err[-2000:]
         kills += 1
-    done = subprocess.run(_rt._train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _rt._train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     _rt._check_same(run_dir, reference)

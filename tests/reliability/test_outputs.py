@@ -22,8 +22,15 @@ def _tree(root: Path) -> dict[str, bytes]:
 def _ladder(root: Path) -> Path:
     """Six synthetic finished runs (3 sizes × 2 budgets): enough for every report fit to run."""
     for i, n in enumerate((1e5, 3e5, 1e6, 2e5, 6e5, 2e6)):
-        write_run(root / f"run{i}", n=n, total=1.2 * n, steps=12, tokens_per_step=int(n * (2 + i % 3)) // 12,
-                  flops_per_token=6 * n, loss_fn=lambda tok, n=n: 1.7 + 400 / n**0.34 + 400 / tok**0.28)
+        write_run(
+            root / f"run{i}",
+            n=n,
+            total=1.2 * n,
+            steps=12,
+            tokens_per_step=int(n * (2 + i % 3)) // 12,
+            flops_per_token=6 * n,
+            loss_fn=lambda tok, n=n: 1.7 + 400 / n**0.34 + 400 / tok**0.28,
+        )
     return root
 
 
@@ -126,8 +133,9 @@ def test_ladder_and_sweep_refuse_foreign_out_before_anything(tmp_path):
     from scalinglab.train.plan import LadderSpec, plan_ladder
     from scalinglab.train.sweep import run_sweep
 
-    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
-                                  lr_protocol="fixed"))
+    runs = plan_ladder(
+        LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16, lr_protocol="fixed")
+    )
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("keep")
@@ -149,8 +157,9 @@ def test_ladder_force_keeps_foreign_files_and_marks_nothing(tmp_path):
     from scalinglab.train.ladder import run_ladder
     from scalinglab.train.plan import LadderSpec, plan_ladder
 
-    runs = plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
-                                  lr_protocol="fixed"))
+    runs = plan_ladder(
+        LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16, lr_protocol="fixed")
+    )
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("keep")
@@ -167,13 +176,14 @@ def test_ladder_force_keeps_foreign_files_and_marks_nothing(tmp_path):
 def test_out_under_a_file_is_one_line_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for argv in (["report", str(tmp_path), "--out", str(blocker / "r")],
-                 ["ladder", "--budgets", "3e10", "--vocab-size", "256", "--out", str(blocker / "l")],
-                 ["demo", "--out", str(blocker / "d")],
-                 ["batch-sweep", "--tokens", "1e4", "--batch-sizes", "2,4,8", "--out", str(blocker / "s")],
-                 ["train", "--steps", "1", "--out", str(blocker / "t")]):
-        p = subprocess.run([sys.executable, "-m", "scalinglab.cli", *argv], capture_output=True, text=True,
-                           timeout=300)
+    for argv in (
+        ["report", str(tmp_path), "--out", str(blocker / "r")],
+        ["ladder", "--budgets", "3e10", "--vocab-size", "256", "--out", str(blocker / "l")],
+        ["demo", "--out", str(blocker / "d")],
+        ["batch-sweep", "--tokens", "1e4", "--batch-sizes", "2,4,8", "--out", str(blocker / "s")],
+        ["train", "--steps", "1", "--out", str(blocker / "t")],
+    ):
+        p = subprocess.run([sys.executable, "-m", "scalinglab.cli", *argv], capture_output=True, text=True, timeout=300)
         assert p.returncode == 2, (argv, p.stderr)
         assert "not a directory" in _one_line(p.stderr), argv
     assert blocker.read_text() == "x"

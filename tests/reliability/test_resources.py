@@ -15,21 +15,28 @@ import pytest
 from scalinglab.train.diskfull import DiskFull, is_disk_full
 from scalinglab.train.metrics import read_metrics
 
-ORBAX_ENOSPC = ("RESOURCE_EXHAUSTED: Error writing \"params/0\" in OCDBT database: Failed to write 370880 bytes "
-                "to file 9: No space left on device [os_error_code='28']")
+ORBAX_ENOSPC = (
+    'RESOURCE_EXHAUSTED: Error writing "params/0" in OCDBT database: Failed to write 370880 bytes '
+    "to file 9: No space left on device [os_error_code='28']"
+)
 
 
 def _cli(*argv, timeout=600):
-    return subprocess.run([sys.executable, "-m", "scalinglab.cli", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scalinglab.cli", *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
 def _tmpfs(path, size):
     """A tmpfs of ``size`` at ``path`` (skip when this process may not mount one)."""
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("cannot mount a tmpfs here (not root); the simulated ENOSPC tests cover this")
     try:
         yield path
@@ -71,22 +78,55 @@ def test_simulated_enospc_in_checkpoint_save_then_exact_resume(tmp_path, make_co
 
 
 def test_simulated_enospc_in_metrics_write_is_one_line_exit_1(tmp_path, data_dir):
-    code = ("import errno, sys\n"
-            "from scalinglab.train import metrics\n"
-            "real = metrics.MetricsWriter.write\n"
-            "def write(self, record):\n"
-            "    if record['step'] == 3: raise OSError(errno.ENOSPC, 'No space left on device', str(self.path))\n"
-            "    return real(self, record)\n"
-            "metrics.MetricsWriter.write = write\n"
-            "from scalinglab.cli import main\n"
-            "sys.argv = ['scalinglab'] + sys.argv[1:]\n"
-            "sys.exit(main())\n")
+    code = (
+        "import errno, sys\n"
+        "from scalinglab.train import metrics\n"
+        "real = metrics.MetricsWriter.write\n"
+        "def write(self, record):\n"
+        "    if record['step'] == 3: raise OSError(errno.ENOSPC, 'No space left on device', str(self.path))\n"
+        "    return real(self, record)\n"
+        "metrics.MetricsWriter.write = write\n"
+        "from scalinglab.cli import main\n"
+        "sys.argv = ['scalinglab'] + sys.argv[1:]\n"
+        "sys.exit(main())\n"
+    )
     run = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-c", code, "train", "--preset", "gpt2-tiny", "--set", "n_layer=1",
-                        "--dataset", "synthetic_markov", "--data-dir", data_dir, "--seq-len", "32", "--batch-size",
-                        "16", "--steps", "6", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2",
-                        "--checkpoint-every", "1", "--out", str(run), "--no-progress"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--preset",
+            "gpt2-tiny",
+            "--set",
+            "n_layer=1",
+            "--dataset",
+            "synthetic_markov",
+            "--data-dir",
+            data_dir,
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "16",
+            "--steps",
+            "6",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-batches",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 1, p.stderr[-3000:]
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "disk full" in lines[0] and "metrics.jsonl" in lines[0], p.stderr[-3000:]
@@ -96,10 +136,34 @@ def test_simulated_enospc_in_metrics_write_is_one_line_exit_1(tmp_path, data_dir
 def test_real_full_tmpfs_one_line_exit_1_no_hang_then_resume(tmp_path, data_dir):
     with _tmpfs(tmp_path / f"full-{uuid.uuid4().hex[:6]}", "1200k") as mnt:
         run = mnt / "run"
-        args = ["train", "--preset", "gpt2-tiny", "--set", "n_layer=1", "--dataset", "synthetic_markov",
-                "--data-dir", data_dir, "--seq-len", "32", "--batch-size", "16", "--steps", "12", "--log-every", "1",
-                "--eval-every", "0", "--eval-batches", "2", "--checkpoint-every", "1", "--out", str(run),
-                "--no-progress"]
+        args = [
+            "train",
+            "--preset",
+            "gpt2-tiny",
+            "--set",
+            "n_layer=1",
+            "--dataset",
+            "synthetic_markov",
+            "--data-dir",
+            data_dir,
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "16",
+            "--steps",
+            "12",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-batches",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
         p = _cli(*args, timeout=600)  # a hang would fail here
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 1 and len(lines) == 1 and "disk full" in lines[0], p.stderr[-3000:]

@@ -41,13 +41,16 @@ def _partial(tmp_path, finished, drop_steps=(6,)):
     return dataclasses.replace(cfg, out=str(d), resume=True), d
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"overrides": {"n_layer": 1, "d_model": 32}}, "model.d_model"),
-    ({"batch_size": 8}, "train.batch_size"),
-    ({"lr": 1e-2}, "train.lr"),
-    ({"seed": 1}, "train.seed"),
-    ({"steps": 8}, "train.steps"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"overrides": {"n_layer": 1, "d_model": 32}}, "model.d_model"),
+        ({"batch_size": 8}, "train.batch_size"),
+        ({"lr": 1e-2}, "train.lr"),
+        ({"seed": 1}, "train.seed"),
+        ({"steps": 8}, "train.steps"),
+    ],
+)
 def test_resume_with_another_identity_refused_before_writing(tmp_path, finished, change, field):
     cfg, d = _partial(tmp_path, finished)
     before = _snapshot(d)
@@ -104,4 +107,5 @@ def test_second_trainer_refused_naming_the_holder(tmp_path, finished):
         with pytest.raises(LockHeld, match="first-trainer@"):
             train(cfg, progress=False)
         assert {k: v for k, v in _snapshot(d).items() if k != "lock.json"} == {
-            k: v for k, v in before.items() if k != "lock.json"}
+            k: v for k, v in before.items() if k != "lock.json"
+        }

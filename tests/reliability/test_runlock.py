@@ -14,8 +14,15 @@ from scalinglab.runlock import LOCK_FILE, LockHeld, LockLost, RunLock, is_stale
 
 
 def _write(run_dir, **info):
-    base = {"owner": "alice", "host": socket.gethostname(), "pid": os.getpid(), "token": "t0",
-            "acquired": time.time(), "lease_s": 300, "expires": time.time() + 300}
+    base = {
+        "owner": "alice",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": "t0",
+        "acquired": time.time(),
+        "lease_s": 300,
+        "expires": time.time() + 300,
+    }
     base.update(info)
     (run_dir / LOCK_FILE).write_text(json.dumps(base))
 
@@ -104,12 +111,16 @@ def test_racing_acquirers_exactly_one_wins(tmp_path):
 
 
 def test_racing_processes_exactly_one_wins(tmp_path):
-    code = ("import sys, time; from scalinglab.runlock import RunLock, LockHeld\n"
-            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
-            "try:\n    RunLock(sys.argv[1], auto_renew=False).acquire(); print('won'); time.sleep(2)\n"
-            "except LockHeld:\n    print('refused')\n")
+    code = (
+        "import sys, time; from scalinglab.runlock import RunLock, LockHeld\n"
+        "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+        "try:\n    RunLock(sys.argv[1], auto_renew=False).acquire(); print('won'); time.sleep(2)\n"
+        "except LockHeld:\n    print('refused')\n"
+    )
     start = time.time() + 3
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outs == ["refused", "refused", "refused", "won"]

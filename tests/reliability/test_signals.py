@@ -33,8 +33,9 @@ except Interrupted as e:
 def _runs(n=3):
     from scalinglab.train.plan import LadderSpec, plan_ladder
 
-    return plan_ladder(LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16,
-                                  lr_protocol="fixed"))[:n]
+    return plan_ladder(
+        LadderSpec(budgets=(1e9,), sizes_per_budget=3, vocab_size=256, batch_size=2, seq_len=16, lr_protocol="fixed")
+    )[:n]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -64,8 +65,9 @@ def test_sweep_never_starts_the_next_run_after_a_signal(tmp_path):
         return {"status": "preempted", "steps": 1, "signal": int(signal.SIGTERM)}
 
     with pytest.raises(Interrupted) as e:
-        run_sweep(TrainConfig(tokens=20_000, seq_len=32), [2, 4, 8], out=tmp_path / "s", lr_rule="sqrt",
-                  train_fn=fake_train)
+        run_sweep(
+            TrainConfig(tokens=20_000, seq_len=32), [2, 4, 8], out=tmp_path / "s", lr_rule="sqrt", train_fn=fake_train
+        )
     assert len(trained) == 1 and e.value.exit_code == 143
 
 
@@ -90,8 +92,11 @@ def test_real_ladder_signal_checkpoints_current_run_and_stops(tmp_path, data_dir
     script.write_text(_ladder_test.SCRIPT)
     wrapper.write_text(WRAPPER)
     out = tmp_path / "ladder"
-    proc = subprocess.Popen([sys.executable, str(wrapper), str(script), data_dir, dataset_name, str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(wrapper), str(script), data_dir, dataset_name, str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline, second = time.time() + 300, None
     while proc.poll() is None and time.time() < deadline:
         if second is None and (out / "plan.json").exists():

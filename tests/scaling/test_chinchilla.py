@@ -34,8 +34,9 @@ def table60():
 def fit60(table60):
     t = table60
     # bootstrap_starts=1: 200 resample rows share the compiled 256-row solver of the start grid
-    return chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID, n_bootstrap=200,
-                                    bootstrap_starts=1, seed=1)
+    return chinchilla.fit_approach3(
+        t["params"], t["tokens"], t["loss"], starts=GRID, n_bootstrap=200, bootstrap_starts=1, seed=1
+    )
 
 
 def test_published_exponents_closed_form():
@@ -60,8 +61,13 @@ def test_vectorised_optimum_equals_scipy_loop(table60):
     t = table60
     starts = GRID[::12]  # 14 starts: keeps the scipy loop short
     ours = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=starts)
-    x_sp, v_sp, _ = scipy_fit(starts, np.log(t["params"]), np.log(t["tokens"]), np.log(t["loss"]),
-                              options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+    x_sp, v_sp, _ = scipy_fit(
+        starts,
+        np.log(t["params"]),
+        np.log(t["tokens"]),
+        np.log(t["loss"]),
+        options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10},
+    )
     obj_sp = chinchilla.huber_objective(x_sp, t["params"], t["tokens"], t["loss"])
     assert abs(ours["objective"] - obj_sp) < 1e-6
     # and in the per-point normalised objective (mean Huber / delta), also within 1e-6
@@ -79,12 +85,19 @@ def test_lockstep_bootstrap_refits_equal_scipy_per_resample(table60):
     ours = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID[::12])
     x0 = np.array([[np.log(ours["A"]), np.log(ours["B"]), np.log(ours["E"]), ours["alpha"], ours["beta"]]])
     data = {"log_n": np.log(t["params"]), "log_d": np.log(t["tokens"]), "log_l": np.log(t["loss"])}
-    samples = chinchilla.bootstrap_approach3(x0, chinchilla.fit_data(t["params"], t["tokens"], t["loss"]),
-                                             n_bootstrap=8, seed=3)
+    samples = chinchilla.bootstrap_approach3(
+        x0, chinchilla.fit_data(t["params"], t["tokens"], t["loss"]), n_bootstrap=8, seed=3
+    )
     counts = resample_counts(len(t["loss"]), 8, seed=3)
     for k in range(8):
-        x_sp, v_sp, _ = scipy_fit(x0, data["log_n"], data["log_d"], data["log_l"], counts[k],
-                                  options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+        x_sp, v_sp, _ = scipy_fit(
+            x0,
+            data["log_n"],
+            data["log_d"],
+            data["log_l"],
+            counts[k],
+            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10},
+        )
         assert samples["alpha"][k] == pytest.approx(x_sp[3], abs=1e-3)
         assert samples["beta"][k] == pytest.approx(x_sp[4], abs=1e-3)
         assert samples["E"][k] == pytest.approx(np.exp(x_sp[2]), rel=1e-3)
@@ -99,8 +112,14 @@ def test_approaches_1_and_2_recover_exponents():
     assert r2["a"] == pytest.approx(A_TRUE, abs=4 * 0.0059 + 0.002)
     assert r2["b"] == pytest.approx(B_TRUE, abs=4 * 0.0059 + 0.002)
     assert r2["n_budgets"] == 10
-    table = RunTable(params=t["params"], tokens=t["tokens"], flops=t["flops"], loss=t["loss"],
-                     names=[str(i) for i in range(250)], source="synthetic")
+    table = RunTable(
+        params=t["params"],
+        tokens=t["tokens"],
+        flops=t["flops"],
+        loss=t["loss"],
+        names=[str(i) for i in range(250)],
+        source="synthetic",
+    )
     r1 = fit_envelope(table)
     assert r1["method"] == "per-budget minimum"
     assert r1["a"] == pytest.approx(A_TRUE, abs=4 * 0.031)
@@ -110,8 +129,7 @@ def test_approaches_1_and_2_recover_exponents():
 def _brute_force_optimum(law, c):
     """argmin_N L(N, C/(6N)) by bounded scalar minimisation in ln N (scipy)."""
     f = lambda ln_n: chinchilla.predict_loss(law, np.exp(ln_n), c / (6 * np.exp(ln_n)))  # noqa: E731
-    res = minimize_scalar(f, bounds=(np.log(1e6), np.log(1e15)), method="bounded",
-                          options={"xatol": 1e-10})
+    res = minimize_scalar(f, bounds=(np.log(1e6), np.log(1e15)), method="bounded", options={"xatol": 1e-10})
     return np.exp(res.x), c / (6 * np.exp(res.x))
 
 
@@ -165,8 +183,9 @@ def test_bootstrap_coverage_approach3():
     starts = GRID[::12]
     for s in range(50):
         t = isoflop_table(6, 10, sigma=0.01, seed=1000 + s)
-        fit = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=starts, n_bootstrap=200,
-                                       bootstrap_starts=1, level=0.95, seed=s)
+        fit = chinchilla.fit_approach3(
+            t["params"], t["tokens"], t["loss"], starts=starts, n_bootstrap=200, bootstrap_starts=1, level=0.95, seed=s
+        )
         assert fit["optimizer"]["bootstrap"]["n_hit_max_iter"] == 0
         for k in hits:
             lo, hi = fit["ci"][k]
@@ -180,8 +199,12 @@ def test_closed_form_gradient_matches_autodiff():
     import jax
 
     rng = np.random.default_rng(0)
-    data = {"log_n": rng.uniform(15, 25, 40), "log_d": rng.uniform(18, 28, 40), "log_l": rng.uniform(0.5, 1.5, 40),
-            "delta": np.full(40, chinchilla.HUBER_DELTA)}
+    data = {
+        "log_n": rng.uniform(15, 25, 40),
+        "log_d": rng.uniform(18, 28, 40),
+        "log_l": rng.uniform(0.5, 1.5, 40),
+        "delta": np.full(40, chinchilla.HUBER_DELTA),
+    }
     w = rng.integers(0, 3, 40).astype(float)
     with jax.enable_x64(True):
         for x in GRID[::500]:
@@ -214,6 +237,7 @@ def test_exact_c_allocation_equals_brute_force_over_the_runs_flops():
         lg = np.linspace(0, 40, 400001)
         g = chinchilla.predict_loss(law, np.exp(lg), c / flops_per_token_of(model, np.exp(lg)))
         x0 = lg[np.argmin(g)]
+
         def along(x, c=c):
             return chinchilla.predict_loss(law, np.exp(x), c / flops_per_token_of(model, np.exp(x)))
 
@@ -233,8 +257,9 @@ def test_fit_with_flops_model_gives_allocation_exponents_and_huber_delta(table60
     from scalinglab.scaling.flops_model import SIX_ND
 
     t = table60
-    fit = chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=GRID, flops_model=dict(SIX_ND),
-                                   flops_range=(1e18, 1e22))
+    fit = chinchilla.fit_approach3(
+        t["params"], t["tokens"], t["loss"], starts=GRID, flops_model=dict(SIX_ND), flops_range=(1e18, 1e22)
+    )
     # under 6ND the slopes of the numerical optimum equal the closed form
     assert fit["allocation_exponents"]["a"] == pytest.approx(fit["a"], abs=1e-6)
     assert fit["allocation_exponents"]["b"] == pytest.approx(fit["b"], abs=1e-6)
@@ -244,7 +269,12 @@ def test_fit_with_flops_model_gives_allocation_exponents_and_huber_delta(table60
     from scipy.optimize import least_squares
 
     x0 = [np.log(wide["A"]), np.log(wide["B"]), np.log(wide["E"]), wide["alpha"], wide["beta"]]
-    ls = least_squares(lambda x: chinchilla.log_predict(x, np.log(t["params"]), np.log(t["tokens"]))
-                       - np.log(t["loss"]), x0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    ls = least_squares(
+        lambda x: chinchilla.log_predict(x, np.log(t["params"]), np.log(t["tokens"])) - np.log(t["loss"]),
+        x0,
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+    )
     assert wide["alpha"] == pytest.approx(ls.x[3], abs=1e-4) and wide["beta"] == pytest.approx(ls.x[4], abs=1e-4)
     assert abs(wide["alpha"] - fit["alpha"]) > 1e-4  # a different estimator from delta = 1e-3

@@ -22,8 +22,9 @@ from scalinglab.scaling import plots
 def csv60(tmp_path_factory):
     t = isoflop_table(6, 10, sigma=0.01, seed=7)  # same shapes as test_chinchilla: shared compilation
     p = tmp_path_factory.mktemp("csv") / "table.csv"
-    rows = ["params,tokens,flops,loss"] + [f"{n:.17g},{d:.17g},{c:.17g},{l:.17g}" for n, d, c, l in
-                                          zip(t["params"], t["tokens"], t["flops"], t["loss"])]
+    rows = ["params,tokens,flops,loss"] + [
+        f"{n:.17g},{d:.17g},{c:.17g},{l:.17g}" for n, d, c, l in zip(t["params"], t["tokens"], t["flops"], t["loss"])
+    ]
     p.write_text("\n".join(rows) + "\n")
     return p
 
@@ -36,8 +37,21 @@ def _write(tmp_path, name, text):
 
 def test_chinchilla_json_contract_and_plots(csv60, tmp_path, capsys):
     out_dir = tmp_path / "figs"
-    rc = main(["fit", str(csv60), "--law", "chinchilla", "--bootstrap", "64", "--json", "--plot", str(out_dir),
-               "--flops", "5.76e23"])
+    rc = main(
+        [
+            "fit",
+            str(csv60),
+            "--law",
+            "chinchilla",
+            "--bootstrap",
+            "64",
+            "--json",
+            "--plot",
+            str(out_dir),
+            "--flops",
+            "5.76e23",
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     for k in ("E", "A", "B", "alpha", "beta", "a", "b", "objective", "n_points", "ci"):
@@ -75,30 +89,73 @@ def test_plot_failure_leaves_no_partial_directory(csv60, tmp_path, monkeypatch):
 
 ERROR_CASES = [
     ("missing source", lambda t: ["fit", str(t / "nope.csv"), "--law", "kaplan-n"], "no such file"),
-    ("missing column", lambda t: ["fit", _write(t, "a.csv", "params,loss\n1,2\n"), "--law", "kaplan-n"],
-     "missing column(s) tokens"),
-    ("non-numeric", lambda t: ["fit", _write(t, "b.csv", "params,tokens,loss\n1e6,x,3\n"), "--law", "kaplan-n"],
-     "not a number"),
-    ("non-positive", lambda t: ["fit", _write(t, "c.csv", "params,tokens,loss\n1e6,1e7,-3\n"), "--law", "kaplan-n"],
-     "finite and positive"),
-    ("too few points", lambda t: ["fit", _write(t, "d.csv", "params,tokens,loss\n1e6,1e7,3\n2e6,1e7,2.9\n"
-                                                "4e6,1e7,2.8\n8e6,1e7,2.7\n"), "--law", "chinchilla"],
-     "has 5 parameters but"),
-    ("one point for kaplan-n", lambda t: ["fit", _write(t, "e.csv", "params,tokens,loss\n1e6,1e7,3\n"),
-                                          "--law", "kaplan-n"], "has 2 parameters but"),
+    (
+        "missing column",
+        lambda t: ["fit", _write(t, "a.csv", "params,loss\n1,2\n"), "--law", "kaplan-n"],
+        "missing column(s) tokens",
+    ),
+    (
+        "non-numeric",
+        lambda t: ["fit", _write(t, "b.csv", "params,tokens,loss\n1e6,x,3\n"), "--law", "kaplan-n"],
+        "not a number",
+    ),
+    (
+        "non-positive",
+        lambda t: ["fit", _write(t, "c.csv", "params,tokens,loss\n1e6,1e7,-3\n"), "--law", "kaplan-n"],
+        "finite and positive",
+    ),
+    (
+        "too few points",
+        lambda t: [
+            "fit",
+            _write(t, "d.csv", "params,tokens,loss\n1e6,1e7,3\n2e6,1e7,2.9\n4e6,1e7,2.8\n8e6,1e7,2.7\n"),
+            "--law",
+            "chinchilla",
+        ],
+        "has 5 parameters but",
+    ),
+    (
+        "one point for kaplan-n",
+        lambda t: ["fit", _write(t, "e.csv", "params,tokens,loss\n1e6,1e7,3\n"), "--law", "kaplan-n"],
+        "has 2 parameters but",
+    ),
     ("empty runs dir", lambda t: ["fit", str(t), "--law", "kaplan-n"], "no run directories"),
     ("negative bootstrap", lambda t: ["fit", str(t), "--law", "kaplan-n", "--bootstrap", "-3"], "--bootstrap"),
     ("negative holdout", lambda t: ["fit", str(t), "--law", "kaplan-n", "--holdout", "-1"], "--holdout"),
     ("bad level", lambda t: ["fit", str(t), "--law", "kaplan-n", "--level", "1.5"], "--level"),
     ("flops with kaplan", lambda t: ["fit", str(t), "--law", "kaplan-n", "--flops", "1e20"], "--flops needs"),
-    ("plot target is a file", lambda t: ["fit", str(t), "--law", "kaplan-n", "--plot", _write(t, "f.png", "x")],
-     "not a directory"),
-    ("holdout too large", lambda t: ["fit", _write(t, "g.csv", "params,tokens,loss\n1e6,1e7,3\n2e6,1e7,2.9\n"
-                                                   "4e6,1e7,2.8\n"), "--law", "kaplan-n", "--holdout", "3"],
-     "leaves no runs"),
-    ("isoflop one budget", lambda t: ["fit", _write(t, "h.csv", "params,tokens,loss\n1e6,1e7,3\n2e6,5e6,2.9\n"
-                                                    "4e6,2.5e6,2.95\n8e6,1.25e6,3.1\n5e5,2e7,3.2\n4e5,2.5e7,3.3\n"),
-                                      "--law", "isoflop"], "at least 2 FLOP budgets"),
+    (
+        "plot target is a file",
+        lambda t: ["fit", str(t), "--law", "kaplan-n", "--plot", _write(t, "f.png", "x")],
+        "not a directory",
+    ),
+    (
+        "holdout too large",
+        lambda t: [
+            "fit",
+            _write(t, "g.csv", "params,tokens,loss\n1e6,1e7,3\n2e6,1e7,2.9\n4e6,1e7,2.8\n"),
+            "--law",
+            "kaplan-n",
+            "--holdout",
+            "3",
+        ],
+        "leaves no runs",
+    ),
+    (
+        "isoflop one budget",
+        lambda t: [
+            "fit",
+            _write(
+                t,
+                "h.csv",
+                "params,tokens,loss\n1e6,1e7,3\n2e6,5e6,2.9\n"
+                "4e6,2.5e6,2.95\n8e6,1.25e6,3.1\n5e5,2e7,3.2\n4e5,2.5e7,3.3\n",
+            ),
+            "--law",
+            "isoflop",
+        ],
+        "at least 2 FLOP budgets",
+    ),
 ]
 
 
@@ -111,18 +168,22 @@ def test_error_paths_in_process(name, argv, fragment, tmp_path, capsys):
     assert fragment in err
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--law", "nonsense"], "invalid choice"),
-    (None, "missing column(s)"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--law", "nonsense"], "invalid choice"),
+        (None, "missing column(s)"),
+    ],
+)
 def test_error_paths_subprocess(args, fragment, tmp_path):
     if args is None:
         args = ["--law", "chinchilla"]
         src = _write(tmp_path, "bad.csv", "params,tokens\n1,2\n")
     else:
         src = str(tmp_path / "missing.csv")
-    proc = subprocess.run([sys.executable, "-m", "scalinglab.cli", "fit", src, *args], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalinglab.cli", "fit", src, *args], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
@@ -131,7 +192,9 @@ def test_error_paths_subprocess(args, fragment, tmp_path):
 
 def test_no_partial_output_on_error(tmp_path):
     out = tmp_path / "figs"
-    assert main(["fit", _write(tmp_path, "x.csv", "params,tokens\n1,2\n"), "--law", "kaplan-n", "--plot", str(out)]) == 2
+    assert (
+        main(["fit", _write(tmp_path, "x.csv", "params,tokens\n1,2\n"), "--law", "kaplan-n", "--plot", str(out)]) == 2
+    )
     assert not out.exists()
     assert np.array_equal(sorted(os.listdir(tmp_path)), ["x.csv"])
 
@@ -141,14 +204,32 @@ def test_conventions_columns_and_options_recorded_in_json(csv60, tmp_path, capsy
     t = isoflop_table(6, 10, sigma=0.01, seed=7)
     p = tmp_path / "mine.csv"
     rows = zip(t["params"], t["tokens"], t["flops"], t["loss"])
-    p.write_text("N_ne,N_tot,D,C,val\n" + "".join(f"{n:.17g},{1.25 * n:.17g},{d:.17g},{c:.17g},{l:.17g}\n"
-                                                 for n, d, c, l in rows))
+    p.write_text(
+        "N_ne,N_tot,D,C,val\n"
+        + "".join(f"{n:.17g},{1.25 * n:.17g},{d:.17g},{c:.17g},{l:.17g}\n" for n, d, c, l in rows)
+    )
     cols = "params=N_ne,params_total=N_tot,tokens=D,flops=C,loss=val"
     assert main(["fit", str(p), "--columns", cols, "--law", "isoflop", "--isoflop-keep", "7", "--json"]) == 0
     auto = json.loads(capsys.readouterr().out)
     assert auto["params_convention"] == "total" and auto["selection"]["keep"] == 7
-    assert main(["fit", str(p), "--columns", cols, "--law", "isoflop", "--isoflop-keep", "7", "--params",
-                 "non_embedding", "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(p),
+                "--columns",
+                cols,
+                "--law",
+                "isoflop",
+                "--isoflop-keep",
+                "7",
+                "--params",
+                "non_embedding",
+                "--json",
+            ]
+        )
+        == 0
+    )
     ne = json.loads(capsys.readouterr().out)
     assert ne["params_convention"] == "non_embedding"
     assert ne["a"] == pytest.approx(auto["a"], abs=1e-9)  # a constant factor moves N_coef only
@@ -158,8 +239,10 @@ def test_conventions_columns_and_options_recorded_in_json(csv60, tmp_path, capsy
     assert res["huber_delta"] == 0.01 and res["flops_model"]["form"] and res["allocation_exponents"]["a"] > 0
     assert main(["fit", str(csv60), "--law", "envelope", "--envelope", "hull", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["envelope"] == "hull"
-    for argv, msg in ((["--huber-delta", "0"], "--huber-delta must be positive"),
-                      (["--columns", "bogus=x"], "unknown column name"),
-                      (["--sweep", str(tmp_path)], "--sweep needs")):
+    for argv, msg in (
+        (["--huber-delta", "0"], "--huber-delta must be positive"),
+        (["--columns", "bogus=x"], "unknown column name"),
+        (["--sweep", str(tmp_path)], "--sweep needs"),
+    ):
         assert main(["fit", str(csv60), "--law", "chinchilla", *argv]) == 2
         assert msg in capsys.readouterr().err

@@ -46,8 +46,12 @@ def synthetic_rows(batch_size, *, final_loss=1.7, log_every=10, noise=0.02, seed
     rng = np.random.default_rng(seed)
     noisy = clean + noise * math.sqrt(8.0 / batch_size) * rng.standard_normal(len(steps))
     return [
-        {"step": int(s), "tokens": int(s * batch_size * SEQ_LEN), "loss": float(l),
-         "gns_b_simple": float(0.5 * true_b_crit(c))}
+        {
+            "step": int(s),
+            "tokens": int(s * batch_size * SEQ_LEN),
+            "loss": float(l),
+            "gns_b_simple": float(0.5 * true_b_crit(c)),
+        }
         for s, l, c in zip(steps, noisy, clean)
     ]
 
@@ -62,8 +66,9 @@ def write_sweep(root: Path, batch_sizes, warmup=None, **kw) -> Path:
         atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_json(run / "summary.json", {"status": "complete"})
         runs[str(b)] = run.name
-    atomic_write_json(root / "sweep.json", {"kind": "batch-sweep", "batch_sizes": list(batch_sizes),
-                                            "lr_rule": "fixed", "runs": runs})
+    atomic_write_json(
+        root / "sweep.json", {"kind": "batch-sweep", "batch_sizes": list(batch_sizes), "lr_rule": "fixed", "runs": runs}
+    )
     return root
 
 
@@ -93,8 +98,13 @@ def test_hyperbola_recovered_from_noisy_points_and_agrees_with_scipy(seed):
     assert fit["E_min"] == pytest.approx(192000.0, rel=0.1)
     assert fit["B_crit"] == pytest.approx(96.0, rel=0.2)
     # second implementation: scipy's least squares on the same log-space objective
-    ref = least_squares(lambda th: np.log(s) - np.log(np.exp(th[0]) + np.exp(th[1]) / b),
-                        x0=[math.log(1000.0), math.log(1e5)], xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    ref = least_squares(
+        lambda th: np.log(s) - np.log(np.exp(th[0]) + np.exp(th[1]) / b),
+        x0=[math.log(1000.0), math.log(1e5)],
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+    )
     assert fit["S_min"] == pytest.approx(math.exp(ref.x[0]), rel=1e-6)
     assert fit["E_min"] == pytest.approx(math.exp(ref.x[1]), rel=1e-6)
 

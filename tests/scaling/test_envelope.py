@@ -17,9 +17,16 @@ def test_envelope_from_curves_recovers_compute_optimal_exponent(tmp_path):
     # over 4 decades of C that bounds the slope error by ~0.35/9.2 ~ 0.04. Tolerance 0.04.
     sizes = 1e7 * 2.0 ** (np.arange(16) / 2)
     for i, n in enumerate(sizes):
-        write_run(tmp_path / f"run{i}", n=n, total=n * 1.2, steps=60, tokens_per_step=int(n * 20),
-                  flops_per_token=6 * n, eval_every=1,
-                  loss_fn=lambda tok, n=n: float(chinchilla.predict_loss(PUBLISHED, n, tok)))
+        write_run(
+            tmp_path / f"run{i}",
+            n=n,
+            total=n * 1.2,
+            steps=60,
+            tokens_per_step=int(n * 20),
+            flops_per_token=6 * n,
+            eval_every=1,
+            loss_fn=lambda tok, n=n: float(chinchilla.predict_loss(PUBLISHED, n, tok)),
+        )
     table = load_source(tmp_path)
     res = fit_envelope(table, n_bootstrap=50)
     assert res["method"] == "loss curves"
@@ -34,9 +41,16 @@ def _ladder(tmp_path, noise=0.0, seed=0):
     sizes = 1e7 * 2.0 ** (np.arange(16) / 2)
     for i, n in enumerate(sizes):
         eps = float(np.exp(noise * rng.standard_normal()))  # one offset per run: its points move together
-        write_run(tmp_path / f"run{i}", n=n, total=n * 1.2, steps=60, tokens_per_step=int(n * 20),
-                  flops_per_token=6 * n, eval_every=1,
-                  loss_fn=lambda tok, n=n, eps=eps: float(chinchilla.predict_loss(PUBLISHED, n, tok)) * eps)
+        write_run(
+            tmp_path / f"run{i}",
+            n=n,
+            total=n * 1.2,
+            steps=60,
+            tokens_per_step=int(n * 20),
+            flops_per_token=6 * n,
+            eval_every=1,
+            loss_fn=lambda tok, n=n, eps=eps: float(chinchilla.predict_loss(PUBLISHED, n, tok)) * eps,
+        )
     return load_source(tmp_path)
 
 
@@ -51,8 +65,13 @@ def test_lower_hull_matches_scipy_convex_hull():
         v = lower_hull(x, y)
         ch = ConvexHull(np.stack([x, y], 1))
         # lower facets: outward normal pointing down; their vertices up to the lowest point
-        lower = {int(k) for simplex, eq in zip(ch.simplices, ch.equations) if eq[1] < 0 for k in simplex
-                 if x[k] <= x[np.argmin(y)]}
+        lower = {
+            int(k)
+            for simplex, eq in zip(ch.simplices, ch.equations)
+            if eq[1] < 0
+            for k in simplex
+            if x[k] <= x[np.argmin(y)]
+        }
         assert np.all(np.diff(x[v]) > 0) and y[v[-1]] == y.min()
         assert lower == set(v.tolist())
 

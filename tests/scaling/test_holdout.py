@@ -10,8 +10,14 @@ from scalinglab.scaling.powerlaw import fit_power_law
 
 
 def _table(n, d, loss, c=None):
-    return RunTable(params=n, tokens=d, flops=6 * n * d if c is None else c, loss=loss,
-                    names=[f"r{i}" for i in range(n.size)], source="t")
+    return RunTable(
+        params=n,
+        tokens=d,
+        flops=6 * n * d if c is None else c,
+        loss=loss,
+        names=[f"r{i}" for i in range(n.size)],
+        source="t",
+    )
 
 
 def test_exact_power_law_extrapolates_exactly():

@@ -12,8 +12,14 @@ NC, DC, AN, AD = 8.8e13, 5.4e13, 0.076, 0.095
 
 def table(n, d, loss, flops=None):
     n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
-    return RunTable(params=n, tokens=d, flops=6 * n * d if flops is None else np.asarray(flops, float), loss=loss,
-                    names=[f"r{i}" for i in range(n.size)], source="synthetic")
+    return RunTable(
+        params=n,
+        tokens=d,
+        flops=6 * n * d if flops is None else np.asarray(flops, float),
+        loss=loss,
+        names=[f"r{i}" for i in range(n.size)],
+        source="synthetic",
+    )
 
 
 def test_kaplan_n_uses_lowest_loss_per_size_and_recovers_alpha():
@@ -114,15 +120,25 @@ def _kaplan_ns_runs(tmp_path, law, bcrit, gns=False):
             s_min = np.exp(log_smin)
             loss = (law["N_c"] / n) ** law["alpha_N"] + (law["S_c"] / s_min) ** law["alpha_S"]
             return s_min * (1 + bcrit_at(bcrit, loss) / b) - s
+
         s_min = np.exp(brentq(gap, -20, np.log(s)))
         return (law["N_c"] / n) ** law["alpha_N"] + (law["S_c"] / s_min) ** law["alpha_S"]
 
     for n in (1e6, 4e6, 1.6e7):
         for b in (8, 64):
             extra = (lambda s, l: {"gns_trace": float(bcrit_at(bcrit, l)), "gns_g2": 1.0}) if gns else None
-            write_run(tmp_path / f"n{n:g}_b{b}", n=n, total=2 * n, steps=200, tokens_per_step=b * 100,
-                      batch_size=b, seq_len=100, eval_every=10, extra_fn=extra,
-                      loss_fn=lambda tok, n=n, b=b: float(loss_at(n, b, tok / (b * 100))))
+            write_run(
+                tmp_path / f"n{n:g}_b{b}",
+                n=n,
+                total=2 * n,
+                steps=200,
+                tokens_per_step=b * 100,
+                batch_size=b,
+                seq_len=100,
+                eval_every=10,
+                extra_fn=extra,
+                loss_fn=lambda tok, n=n, b=b: float(loss_at(n, b, tok / (b * 100))),
+            )
 
 
 def test_kaplan_ns_and_cmin_through_fit_law(tmp_path):

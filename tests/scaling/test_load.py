@@ -24,16 +24,19 @@ def test_csv_with_flops_and_extra_columns(tmp_path):
     np.testing.assert_allclose(t.flops, [1.3e14, 2.5e14])
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("params,tokens\n1,2\n", "missing column(s) loss"),
-    ("params,tokens,loss\n1e6,abc,3\n", "not a number"),
-    ("params,tokens,loss\n1e6,-5,3\n", "positive"),
-    ("params,tokens,loss\n1e6,0,3\n", "positive"),
-    ("params,tokens,loss\n1e6,1e7,nan\n", "positive"),
-    ("params,tokens,loss\n", "no data rows"),
-    ("", "empty CSV"),
-    ("params,tokens,loss\n1e6,1e7\n", "expected 3 values"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("params,tokens\n1,2\n", "missing column(s) loss"),
+        ("params,tokens,loss\n1e6,abc,3\n", "not a number"),
+        ("params,tokens,loss\n1e6,-5,3\n", "positive"),
+        ("params,tokens,loss\n1e6,0,3\n", "positive"),
+        ("params,tokens,loss\n1e6,1e7,nan\n", "positive"),
+        ("params,tokens,loss\n", "no data rows"),
+        ("", "empty CSV"),
+        ("params,tokens,loss\n1e6,1e7\n", "expected 3 values"),
+    ],
+)
 def test_bad_csv(tmp_path, text, fragment):
     p = tmp_path / "bad.csv"
     p.write_text(text)

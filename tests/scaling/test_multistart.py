@@ -14,8 +14,9 @@ def test_bucketed_fit_equals_unpadded_fit(n_budgets, n_per, seed, monkeypatch):
     t = isoflop_table(n_budgets, n_per, sigma=0.01, seed=seed)
 
     def fit():
-        return chinchilla.fit_approach3(t["params"], t["tokens"], t["loss"], starts=chinchilla.small_grid(),
-                                        n_bootstrap=40)
+        return chinchilla.fit_approach3(
+            t["params"], t["tokens"], t["loss"], starts=chinchilla.small_grid(), n_bootstrap=40
+        )
 
     padded = fit()  # 162 starts -> 256 rows, 80 bootstrap rows -> 128
     monkeypatch.setattr(multistart, "_bucket_rows", lambda m: m)
@@ -30,8 +31,9 @@ def test_bucketed_fit_equals_unpadded_fit(n_budgets, n_per, seed, monkeypatch):
 
 
 def test_new_length_in_the_same_bucket_reuses_the_compiled_solver():
-    kw = dict(dtype="float64", max_iter=20, gtol=1e-9, method="lockstep",
-              value_and_grad_fn=chinchilla._loss_value_and_grad)
+    kw = dict(
+        dtype="float64", max_iter=20, gtol=1e-9, method="lockstep", value_and_grad_fn=chinchilla._loss_value_and_grad
+    )
     solver = multistart._compiled(chinchilla._loss, "lockstep", 20, 1e-9, 1e-15, 10, chinchilla._loss_value_and_grad)
     starts = chinchilla.small_grid()[::7]
     for n_per, seed in ((10, 1), (12, 2)):  # 50 and 60 points: both padded to 64

@@ -24,9 +24,15 @@ def _ladder(root, entropy_rate=None):
         centre = math.sqrt(budget / 6 / 20)
         for n in centre * np.logspace(-0.6, 0.6, 5):
             d = budget / (6 * n)
-            run = write_run(root / f"C{budget:.0e}-N{n:.3g}", n=n, total=1.1 * n, steps=STEPS,
-                            tokens_per_step=d / STEPS, flops_per_token=6 * n,
-                            loss_fn=lambda tok, n=n: float(chinchilla.predict_loss(LAW, n, tok)))
+            run = write_run(
+                root / f"C{budget:.0e}-N{n:.3g}",
+                n=n,
+                total=1.1 * n,
+                steps=STEPS,
+                tokens_per_step=d / STEPS,
+                flops_per_token=6 * n,
+                loss_fn=lambda tok, n=n: float(chinchilla.predict_loss(LAW, n, tok)),
+            )
             if entropy_rate is not None:
                 cfg = json.loads((run / "config.json").read_text())
                 cfg["data"] = {"dataset": "synthetic_markov", "entropy_rate": entropy_rate}
@@ -80,8 +86,19 @@ def test_report_files_and_fits_recover_the_generating_law(tmp_path):
             return all(finite(v) for v in x)
         return not isinstance(x, float) or math.isfinite(x)
 
-    assert finite({k: fits[k] for k in ("kaplan_n", "kaplan_c", "approach1_envelope", "approach2_isoflop",
-                                        "approach3_parametric", "allocation_next_10x")})
+    assert finite(
+        {
+            k: fits[k]
+            for k in (
+                "kaplan_n",
+                "kaplan_c",
+                "approach1_envelope",
+                "approach2_isoflop",
+                "approach3_parametric",
+                "allocation_next_10x",
+            )
+        }
+    )
 
 
 def test_failed_report_leaves_no_output(tmp_path):
@@ -92,14 +109,22 @@ def test_failed_report_leaves_no_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # no temporary directory left behind
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["does-not-exist"], "no such runs directory"),
-    (["RUNS", "--bootstrap", "-1"], "--bootstrap"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["does-not-exist"], "no such runs directory"),
+        (["RUNS", "--bootstrap", "-1"], "--bootstrap"),
+    ],
+)
 def test_cli_errors_one_line_exit_2(tmp_path, args, needle):
     args = [str(tmp_path) if a == "RUNS" else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "scalinglab.cli", "report", *args],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalinglab.cli", "report", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert needle in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
@@ -111,12 +136,23 @@ def test_report_states_the_protocol_and_each_batch_sizes_best_lr(tmp_path):
     from scalinglab.scaling.mccandlish import McCandlishModel, write_sweep
 
     runs = _ladder(tmp_path / "ladder")
-    hp = {"lr": "fixed: --lr for every run", "warmup": "fixed: 0.05 of the run", "beta2": "fixed: 0.95",
-          "batch_size": "fixed: --batch-size"}
+    hp = {
+        "lr": "fixed: --lr for every run",
+        "warmup": "fixed: 0.05 of the run",
+        "beta2": "fixed: 0.95",
+        "batch_size": "fixed: --batch-size",
+    }
     atomic_write_json(runs / "plan.json", {"runs": [{"name": "x", "hparams": hp}]})
     model = McCandlishModel()
-    write_sweep(runs / "sweep", model, (4, 16, 64), base_lr=model.lr_opt(16, 2.2), base_batch=16,
-                factors=(0.25, 0.5, 1.0, 2.0, 4.0), examples=20000)
+    write_sweep(
+        runs / "sweep",
+        model,
+        (4, 16, 64),
+        base_lr=model.lr_opt(16, 2.2),
+        base_batch=16,
+        factors=(0.25, 0.5, 1.0, 2.0, 4.0),
+        examples=20000,
+    )
     out = write_report(runs, tmp_path / "report", n_bootstrap=20)
     md = (out / "report.md").read_text()
     fits = json.loads((out / "fits.json").read_text())

@@ -41,24 +41,70 @@ def _expected(name, zone, accel, image, job, create_extra=(), prepare=None):
     return lines
 
 
-@pytest.mark.parametrize("accel, image", [("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
-                                          ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize(
+    "accel, image",
+    [
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
 def test_tpu_dry_run_is_exact_per_generation(accel, image):
-    got = _dry_run("--name", "lad", "--zone", "z1", "--accelerator-type", accel, "--dry-run", "--",
-                   "scalinglab", "ladder", "--ladder-preset", "tpu-v4-32", "--out", "gs://b/runs")
+    got = _dry_run(
+        "--name",
+        "lad",
+        "--zone",
+        "z1",
+        "--accelerator-type",
+        accel,
+        "--dry-run",
+        "--",
+        "scalinglab",
+        "ladder",
+        "--ladder-preset",
+        "tpu-v4-32",
+        "--out",
+        "gs://b/runs",
+    )
     assert got == _expected("lad", "z1", accel, image, "ladder --ladder-preset tpu-v4-32 --out gs://b/runs")
 
 
 def test_tpu_dry_run_spot_with_data_preparation():
-    got = _dry_run("--name", "n", "--zone", "z", "--accelerator-type", "v5litepod-16", "--spot", "--prepare",
-                   "local_text", "--data-dir", "gs://b/data", "--dry-run", "--", "scalinglab", "train", "--steps", "9")
-    assert got == _expected("n", "z", "v5litepod-16", "v2-alpha-tpuv5-lite", "train --steps 9", ["--spot"],
-                            prepare="--dataset local_text --data-dir gs://b/data")
+    got = _dry_run(
+        "--name",
+        "n",
+        "--zone",
+        "z",
+        "--accelerator-type",
+        "v5litepod-16",
+        "--spot",
+        "--prepare",
+        "local_text",
+        "--data-dir",
+        "gs://b/data",
+        "--dry-run",
+        "--",
+        "scalinglab",
+        "train",
+        "--steps",
+        "9",
+    )
+    assert got == _expected(
+        "n",
+        "z",
+        "v5litepod-16",
+        "v2-alpha-tpuv5-lite",
+        "train --steps 9",
+        ["--spot"],
+        prepare="--dataset local_text --data-dir gs://b/data",
+    )
 
 
 def test_tpu_queued_resource_and_preempted_node_is_deleted_and_recreated():
-    args = argparse.Namespace(name="q", zone="z", project="", accelerator_type="v6e-8", version=None, spot=True,
-                              queued=True)
+    args = argparse.Namespace(
+        name="q", zone="z", project="", accelerator_type="v6e-8", version=None, spot=True, queued=True
+    )
     assert launch_tpu.node_commands(args, "READY") == []
     assert [shlex.join(c) for c in launch_tpu.node_commands(args, "PREEMPTED")] == [
         "gcloud compute tpus queued-resources delete q --zone z --force --quiet",
@@ -73,8 +119,12 @@ def test_tpu_queued_resource_and_preempted_node_is_deleted_and_recreated():
 
 
 def test_tpu_launcher_needs_a_command():
-    out = subprocess.run([sys.executable, "-m", "scalinglab.launch_tpu", "--name", "x", "--zone", "z", "--dry-run"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "scalinglab.launch_tpu", "--name", "x", "--zone", "z", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 

@@ -52,8 +52,20 @@ def base_config(data_dir, out, **kw):
     from scalinglab.train.config import TrainConfig
 
     defaults = dict(
-        preset="gpt2-tiny", overrides={"n_layer": 1}, dataset=DATASET, data_dir=data_dir, seq_len=32, batch_size=16, steps=6,
-        lr=3e-3, warmup=1, log_every=1, eval_every=0, eval_batches=2, checkpoint_every=0, out=str(out),
+        preset="gpt2-tiny",
+        overrides={"n_layer": 1},
+        dataset=DATASET,
+        data_dir=data_dir,
+        seq_len=32,
+        batch_size=16,
+        steps=6,
+        lr=3e-3,
+        warmup=1,
+        log_every=1,
+        eval_every=0,
+        eval_batches=2,
+        checkpoint_every=0,
+        out=str(out),
     )
     defaults.update(kw)
     return TrainConfig(**defaults)

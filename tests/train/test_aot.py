@@ -16,8 +16,9 @@ from scalinglab.models.accounting import forward_flops_per_token, param_counts
 from scalinglab.models.config import get_config
 from scalinglab.train import aot
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu not installed (make venv-tpu)")
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (make venv-tpu)"
+)
 
 # 2 layers of d_model 8192: 1.6e9 parameters, 12 bytes each = 19 GB of state per chip, data-parallel.
 BIG = ["--set", "n_layer=2", "--set", "d_model=8192", "--set", "n_head=64"]
@@ -42,8 +43,7 @@ def test_small_config_fits_v5e_with_positive_estimate_and_mfu(capsys):
     # the arguments add this chip's batch rows (and TPU tile padding of the small arrays)
     assert 12 * n_total <= r["state_bytes_per_chip"] < 12 * n_total + 4096
     assert r["argument_bytes"] >= r["state_bytes_per_chip"] + 2 * 65 * 4
-    assert r["hbm_bytes_per_chip"] == (r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"]
-                                       - r["alias_bytes"])
+    assert r["hbm_bytes_per_chip"] == (r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"] - r["alias_bytes"])
     assert r["estimated_step_s"] > 0
     assert 0 < r["predicted_mfu_causal"] < r["predicted_mfu"] <= 1
     forward = forward_flops_per_token(get_config("gpt2-tiny"), 64)["matmul_exact"]
@@ -62,8 +62,7 @@ def test_oversized_config_does_not_fit(capsys):
 @pytest.mark.slow  # the fsdp compile of this model takes minutes on two cores
 def test_fsdp_shards_the_oversized_state_until_it_fits(capsys):
     n_total = param_counts(get_config("gpt2-tiny", {"n_layer": 2, "d_model": 8192, "n_head": 64}))["total"]
-    sharded = _aot(capsys, "--preset", "gpt2-tiny", *BIG, "--seq-len", "32", "--batch-size", "4",
-                   "--mesh", "fsdp=4")
+    sharded = _aot(capsys, "--preset", "gpt2-tiny", *BIG, "--seq-len", "32", "--batch-size", "4", "--mesh", "fsdp=4")
     assert sharded["mesh"] == "data=1,fsdp=4,tensor=1"
     assert 12 * n_total / 4 <= sharded["state_bytes_per_chip"] < 1.01 * 12 * n_total / 4
     assert sharded["fits"] is True and sharded["hbm_bytes_per_chip"] < 16 * 2**30

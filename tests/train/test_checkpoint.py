@@ -13,9 +13,7 @@ from scalinglab.train.checkpoint import Checkpointer
 
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStruct pytree (with shardings) for restoring into the layout of ``tree``."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
-    )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
 def _state(v):

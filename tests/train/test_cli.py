@@ -16,8 +16,26 @@ def _cfg(argv):
 def test_flags_override_config_file(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps(TrainConfig(preset="modern-tiny", lr=0.5, steps=7, seq_len=64).to_dict()))
-    cfg = _cfg(["--config", str(f), "--lr", "0.01", "--set", "n_layer=3", "--mesh", "data=2,fsdp=4",
-                "--tokens", "1000", "--schedule", "wsd", "--wsd-decay", "0.3", "--wsd-decay-shape", "1-sqrt"])
+    cfg = _cfg(
+        [
+            "--config",
+            str(f),
+            "--lr",
+            "0.01",
+            "--set",
+            "n_layer=3",
+            "--mesh",
+            "data=2,fsdp=4",
+            "--tokens",
+            "1000",
+            "--schedule",
+            "wsd",
+            "--wsd-decay",
+            "0.3",
+            "--wsd-decay-shape",
+            "1-sqrt",
+        ]
+    )
     assert (cfg.preset, cfg.lr, cfg.seq_len) == ("modern-tiny", 0.01, 64)
     assert cfg.overrides == {"n_layer": "3"} and cfg.mesh == {"data": 2, "fsdp": 4}
     assert cfg.steps is None and cfg.tokens == 1000 and cfg.total_steps() == 1  # ceil(1000 / (32·64))
@@ -30,14 +48,17 @@ def test_parse_mesh():
     assert TrainConfig(mesh={"fsdp": 2}).mesh_shape(8) == {"data": 4, "fsdp": 2, "tensor": 1}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "5", "--mesh", "pipeline=2"], "--mesh expects"),
-    (["--steps", "5", "--schedule", "wsd", "--wsd-decay", "1.5"], "--wsd-decay"),
-    (["--steps", "5", "--batch-size", "10", "--grad-accum", "4"], "does not divide"),
-    (["--batch-size", "8"], "--steps or --tokens"),
-    (["--steps", "5", "--branch-from", "somewhere"], "--branch-step"),
-    (["--steps", "5", "--config", "/nonexistent.json"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "5", "--mesh", "pipeline=2"], "--mesh expects"),
+        (["--steps", "5", "--schedule", "wsd", "--wsd-decay", "1.5"], "--wsd-decay"),
+        (["--steps", "5", "--batch-size", "10", "--grad-accum", "4"], "does not divide"),
+        (["--batch-size", "8"], "--steps or --tokens"),
+        (["--steps", "5", "--branch-from", "somewhere"], "--branch-step"),
+        (["--steps", "5", "--config", "/nonexistent.json"], "no such file"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err

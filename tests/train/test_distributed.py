@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from scalinglab.launch_local import free_port, process_envs
-from scalinglab.train.loop import train
 from scalinglab.rundir import read_metrics
+from scalinglab.train.loop import train
 
 
 @pytest.mark.slow
@@ -18,14 +18,43 @@ def test_two_processes_match_one(make_config, tmp_path):
     train(make_config(ref, steps=4, mesh={"data": 8}, data_shards=2), progress=False)
     cfg = make_config(tmp_path / "two", steps=4)
     args = [
-        "--preset", cfg.preset, "--set", "n_layer=1", "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
-        "--seq-len", "32", "--batch-size", "16", "--steps", "4", "--lr", str(cfg.lr), "--warmup", "1",
-        "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--checkpoint-every", "0",
-        "--out", cfg.out, "--no-progress", "--mesh", "data=8",
+        "--preset",
+        cfg.preset,
+        "--set",
+        "n_layer=1",
+        "--dataset",
+        cfg.dataset,
+        "--data-dir",
+        cfg.data_dir,
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "16",
+        "--steps",
+        "4",
+        "--lr",
+        str(cfg.lr),
+        "--warmup",
+        "1",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--eval-batches",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        cfg.out,
+        "--no-progress",
+        "--mesh",
+        "data=8",
     ]
     cmd = [sys.executable, "-m", "scalinglab.cli", "train", *args]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for env in process_envs(2, 4, free_port())]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for env in process_envs(2, 4, free_port())
+    ]
     outs = [p.communicate(timeout=400)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     one, two = read_metrics(ref), read_metrics(cfg.out)

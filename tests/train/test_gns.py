@@ -5,7 +5,8 @@ per-example gradient g = (x·δ − ε)x has mean G = δ and covariance
 Σ = (|δ|² + σ²) I + δδᵀ (Isserlis), so tr Σ = d(|δ|² + σ²) + |δ|², B_simple = tr Σ / |δ|².
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from scalinglab.train import gns, step as step_lib
+from scalinglab.train import gns
+from scalinglab.train import step as step_lib
 
 
 def per_example_estimate(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any) -> dict[str, jax.Array]:
@@ -100,13 +102,20 @@ def test_windows_sum_numerator_and_denominator_and_keep_negatives():
 
 def _data_parallel_step(opt):
     """Small batch = each data shard's gradient on a (data=4, fsdp=2) mesh of the forced CPU devices."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from scalinglab.models.sharding import make_mesh
 
     mesh = make_mesh(data=4, fsdp=2)
-    step = step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_window=WINDOW, gns_groups=4,
-                                    group_sharding=NamedSharding(mesh, P("data", "fsdp")))
+    step = step_lib.make_train_step(
+        loss_fn,
+        opt,
+        optax.constant_schedule(0.0),
+        gns_window=WINDOW,
+        gns_groups=4,
+        group_sharding=NamedSharding(mesh, P("data", "fsdp")),
+    )
     rep = NamedSharding(mesh, P())
     batch_sh = {"x": NamedSharding(mesh, P(("data", "fsdp"), None)), "y": NamedSharding(mesh, P(("data", "fsdp")))}
     return jax.jit(step, in_shardings=(rep, batch_sh), out_shardings=(rep, rep))
@@ -120,8 +129,9 @@ def test_in_loop_b_simple_matches_closed_form(mode):
         step = _data_parallel_step(opt)
     else:
         kwargs = dict(grad_accum=4) if mode == "accum" else dict(gns_groups=4)
-        step = jax.jit(step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_window=WINDOW,
-                                                **kwargs))
+        step = jax.jit(
+            step_lib.make_train_step(loss_fn, opt, optax.constant_schedule(0.0), gns_window=WINDOW, **kwargs)
+        )
     state = step_lib.init_state(params, opt)
     key = jax.random.key(1)
     for i in range(600):

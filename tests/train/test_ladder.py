@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from scalinglab.scaling.report import write_report
 from scalinglab.rundir import read_metrics
+from scalinglab.scaling.report import write_report
 
 # Plans a 2-budget × 3-size IsoFLOP ladder with the real planner, then shrinks every run's steps by
 # the same factor, so each budget's runs keep equal compute (rounded to whole steps).
@@ -83,8 +83,10 @@ def test_tiny_ladder_kill_rerun_and_report(tmp_path, data_dir, dataset_name):
     for name in ["report.md", "report.html", *fits["figures"]]:
         assert (report / name).stat().st_size > 0, name
     assert fits["n_runs"] == 6 and len(fits["budgets"]) == 2
-    for key, names_ in (("approach3_parametric", ("E", "A", "B", "alpha", "beta", "a", "b")),
-                        ("kaplan_n", ("alpha_N", "N_c"))):
+    for key, names_ in (
+        ("approach3_parametric", ("E", "A", "B", "alpha", "beta", "a", "b")),
+        ("kaplan_n", ("alpha_N", "N_c")),
+    ):
         fit = fits[key]
         assert "error" not in fit, fit
         for p in names_:
@@ -109,8 +111,9 @@ def test_synthetic_demo_ladder_recovers_the_entropy_rate(tmp_path):
     ds = prepare_dataset(name, data_dir, config)
     spec = dataclasses.replace(DEMO_SPEC, vocab_size=int(ds.vocab_size))
     runs = plan_ladder(spec)
-    run_ladder(runs, tmp_path / "ladder", search_runs=plan_lr_search(spec, runs), dataset=name, data_dir=data_dir,
-               **DEMO_TRAIN)
+    run_ladder(
+        runs, tmp_path / "ladder", search_runs=plan_lr_search(spec, runs), dataset=name, data_dir=data_dir, **DEMO_TRAIN
+    )
     report = write_report(tmp_path / "ladder", tmp_path / "report", n_bootstrap=100)
     check = json.loads((report / "fits.json").read_text())["entropy_rate_check"]
     assert check["entropy_rate"] == pytest.approx(ds.entropy_rate)

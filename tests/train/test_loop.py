@@ -10,10 +10,10 @@ from scalinglab.errors import UserError
 from scalinglab.fileio import read_json
 from scalinglab.models import accounting
 from scalinglab.models.config import get_config
+from scalinglab.rundir import read_metrics
 from scalinglab.train.checkpoint import load_params
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig
 from scalinglab.train.loop import train
-from scalinglab.rundir import read_metrics
 
 
 def _flat(params):
@@ -35,7 +35,13 @@ def test_meshes_match_one_device_and_run_directory_contract(make_config, tmp_pat
     runs = {}
     for mesh in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:
         out = tmp_path / "x".join(map(str, mesh))
-        cfg = make_config(out, steps=4, eval_every=2, mesh=dict(zip(("data", "fsdp", "tensor"), mesh)))
+        cfg = make_config(
+            out,
+            steps=4,
+            eval_every=2,
+            gns_window=16,  # one batch: a B_simple every step
+            mesh=dict(zip(("data", "fsdp", "tensor"), mesh)),
+        )
         summary = train(cfg, progress=False)
         records = read_metrics(out)
         runs[mesh] = (records, _flat(load_params(out)[1]), summary)
@@ -44,10 +50,14 @@ def test_meshes_match_one_device_and_run_directory_contract(make_config, tmp_pat
     assert ref_records[-1]["loss"] < ref_records[0]["loss"]
     for mesh, (records, params, summary) in runs.items():
         for key in ("loss", "grad_norm"):
-            np.testing.assert_allclose([r[key] for r in records], [r[key] for r in ref_records], rtol=1e-5,
-                                       err_msg=f"{mesh} {key}")
-        np.testing.assert_allclose([records[1]["eval_loss"], records[3]["eval_loss"]],
-                                   [ref_records[1]["eval_loss"], ref_records[3]["eval_loss"]], rtol=1e-5)
+            np.testing.assert_allclose(
+                [r[key] for r in records], [r[key] for r in ref_records], rtol=1e-5, err_msg=f"{mesh} {key}"
+            )
+        np.testing.assert_allclose(
+            [records[1]["eval_loss"], records[3]["eval_loss"]],
+            [ref_records[1]["eval_loss"], ref_records[3]["eval_loss"]],
+            rtol=1e-5,
+        )
         assert np.linalg.norm(params - ref_params) <= 5e-5 * np.linalg.norm(ref_params), mesh
         np.testing.assert_allclose(summary["final_eval_loss"], ref_summary["final_eval_loss"], rtol=1e-5)
     _check_run_directory(make_config, tmp_path / "8x1x1", runs[(8, 1, 1)][2])
@@ -74,11 +84,12 @@ def _check_run_directory(make_config, out, summary):
     # config.yaml: the run's settings by section; as --config it gives back the same TrainConfig
     mesh = {"data": 8, "fsdp": 1, "tensor": 1}
     assert TRAIN_SCHEMA.build(TrainConfig, TRAIN_SCHEMA.read_file(out / "config.yaml")) == make_config(
-        out, steps=4, eval_every=2, mesh=mesh)
+        out, steps=4, eval_every=2, gns_window=16, mesh=mesh
+    )
     # a finished run resumes to its summary; a fresh run into a used directory is refused
-    assert train(make_config(out, steps=4, resume=True), progress=False) == summary
-    with pytest.raises(UserError, match="already holds checkpoints"):
-        train(make_config(out, steps=4), progress=False)
+    assert train(make_config(out, steps=4, gns_window=16, resume=True), progress=False) == summary
+    with pytest.raises(UserError, match="already holds a run"):
+        train(make_config(out, steps=4, gns_window=16), progress=False)
 
 
 def test_nan_batches_skipped_counted_and_stop(make_config, tmp_path, monkeypatch):
@@ -131,8 +142,18 @@ def test_wsd_cooldown_branch_beats_stable_run(make_config, tmp_path, dataset_nam
     """A cooldown branched from step 60 of the stable phase ends (step 90) below the stable run
     at step 90: by then the stable loss sits on the noise floor of its high learning rate."""
     stable = tmp_path / "stable"
-    cfg = make_config(stable, steps=120, schedule="wsd", wsd_decay=0.25, lr=1e-2, warmup=2,
-                      eval_every=30, checkpoint_every=30, keep_checkpoints=1, log_every=10)
+    cfg = make_config(
+        stable,
+        steps=120,
+        schedule="wsd",
+        wsd_decay=0.25,
+        lr=1e-2,
+        warmup=2,
+        eval_every=30,
+        checkpoint_every=30,
+        keep_checkpoints=1,
+        log_every=10,
+    )
     train(cfg, progress=False)
     from scalinglab.train.checkpoint import Checkpointer
 
@@ -142,8 +163,10 @@ def test_wsd_cooldown_branch_beats_stable_run(make_config, tmp_path, dataset_nam
     branch = tmp_path / "branch"
     from scalinglab.train.config import TrainConfig
 
-    summary = train(TrainConfig(branch_from=str(stable), branch_step=60, steps=90, out=str(branch),
-                                eval_every=30, log_every=10), progress=False)
+    summary = train(
+        TrainConfig(branch_from=str(stable), branch_step=60, steps=90, out=str(branch), eval_every=30, log_every=10),
+        progress=False,
+    )
     stable_eval = {r["step"]: r["eval_loss"] for r in read_metrics(stable) if "eval_loss" in r}
     branch_records = read_metrics(branch)
     assert [r["step"] for r in branch_records if r["step"] <= 60] == [10, 20, 30, 40, 50, 60]  # parent's curve

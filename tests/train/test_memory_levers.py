@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from scalinglab.models.config import get_config
-from scalinglab.train.program import build_program
 from scalinglab.train.config import TrainConfig
+from scalinglab.train.program import build_program
 
 MODEL = {"n_layer": 2, "d_model": 64, "n_head": 4, "n_ctx": 64}
 
@@ -28,8 +28,9 @@ def _run(cfg):
     compiled = program.train_step
     state = program.fresh_state()
     rng = np.random.default_rng(0)
-    batch = jax.device_put(rng.integers(0, 257, (cfg.batch_size, cfg.seq_len + 1), dtype=np.int32),
-                           program.batch_sharding)
+    batch = jax.device_put(
+        rng.integers(0, 257, (cfg.batch_size, cfg.seq_len + 1), dtype=np.int32), program.batch_sharding
+    )
     state, metrics = compiled(state, batch)
     mu = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0]  # AdamW's first moments
     return compiled.memory_analysis().temp_size_in_bytes, jax.device_get(metrics), jax.device_get(mu)
@@ -37,8 +38,9 @@ def _run(cfg):
 
 @pytest.fixture(scope="module")
 def reference():
-    cfg = TrainConfig(preset="gpt2-tiny", overrides=MODEL, seq_len=64, batch_size=16, steps=10, gns=False,
-                      mesh={"data": 1})
+    cfg = TrainConfig(
+        preset="gpt2-tiny", overrides=MODEL, seq_len=64, batch_size=16, steps=10, gns=False, mesh={"data": 1}
+    )
     return cfg, _run(cfg)
 
 

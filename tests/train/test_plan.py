@@ -75,8 +75,24 @@ def test_accelerator_presets_have_sane_estimates():
 
 
 def test_cli_dry_run_json_and_errors(tmp_path):
-    cmd = [sys.executable, "-m", "scalinglab.cli", "ladder", "--dry-run", "--json", "--budgets", "1e12,1e13",
-           "--seq-len", "64", "--batch-size", "8", "--vocab-size", "257", "--data-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scalinglab.cli",
+        "ladder",
+        "--dry-run",
+        "--json",
+        "--budgets",
+        "1e12,1e13",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--vocab-size",
+        "257",
+        "--data-dir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)

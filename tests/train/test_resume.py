@@ -7,19 +7,43 @@ import time
 
 import pytest
 
-from scalinglab.train.loop import train
 from scalinglab.rundir import read_metrics
+from scalinglab.train.loop import train
 
 STEPS, EVERY = 40, 5
 
 
 def _cli_args(cfg):
     return [
-        "--preset", cfg.preset, "--set", "n_layer=1", "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
-        "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size), "--steps", str(cfg.steps),
-        "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--log-every", "1", "--eval-every", str(cfg.eval_every),
-        "--eval-batches", str(cfg.eval_batches), "--checkpoint-every", str(cfg.checkpoint_every),
-        "--out", cfg.out, "--no-progress",
+        "--preset",
+        cfg.preset,
+        "--set",
+        "n_layer=1",
+        "--dataset",
+        cfg.dataset,
+        "--data-dir",
+        cfg.data_dir,
+        "--seq-len",
+        str(cfg.seq_len),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--steps",
+        str(cfg.steps),
+        "--lr",
+        str(cfg.lr),
+        "--warmup",
+        str(cfg.warmup),
+        "--log-every",
+        "1",
+        "--eval-every",
+        str(cfg.eval_every),
+        "--eval-batches",
+        str(cfg.eval_batches),
+        "--checkpoint-every",
+        str(cfg.checkpoint_every),
+        "--out",
+        cfg.out,
+        "--no-progress",
     ]
 
 
@@ -64,8 +88,9 @@ def test_kill9_then_resume_matches_uninterrupted(make_config, tmp_path):
     logged = [r["step"] for r in read_metrics(run_dir)]
     assert 12 <= logged[-1] < STEPS and not (run_dir / "summary.json").exists()
     # resume: every other setting comes from the run's config.json
-    done = subprocess.run(_train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     _check_same(run_dir, reference)
 
@@ -83,7 +108,8 @@ def test_sigterm_saves_and_resumes(make_config, tmp_path):
     ck = Checkpointer(run_dir / "checkpoints", read_only=True)
     assert ck.all_steps()[-1] == last_logged  # saved at the step it stopped
     ck.close()
-    done = subprocess.run(_train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _train_cmd(["--out", str(run_dir), "--resume", "--no-progress"]), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     _check_same(run_dir, reference)

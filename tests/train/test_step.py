@@ -100,8 +100,11 @@ def test_bfloat16_compute_keeps_float32_master_weights():
         graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(params=0), dtype=dtype), nnx.Param)
         params = nnx.to_pure_dict(state)
         opt = make_optimizer(1e-3)
-        step = jax.jit(step_lib.make_train_step(make_lm_loss(graphdef), opt, optax.constant_schedule(1e-3),
-                                                gns=False, has_aux=True))
+        step = jax.jit(
+            step_lib.make_train_step(
+                make_lm_loss(graphdef), opt, optax.constant_schedule(1e-3), gns=False, has_aux=True
+            )
+        )
         new, m = step(step_lib.init_state(params, opt), batch)
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new["params"]))
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new["opt_state"]) if x.ndim)

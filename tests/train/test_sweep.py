@@ -14,8 +14,8 @@ import pytest
 
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.train.config import TrainConfig
 from scalinglab.train import sweep as sw
+from scalinglab.train.config import TrainConfig
 
 SCALINGLAB = Path(sys.executable).parent / "scalinglab"
 
@@ -110,7 +110,9 @@ def test_grid_keeps_best_final_eval_loss(tmp_path):
     runs = sw.plan_sweep(b, [8, 16, 32], lr_rule="grid", lr_grid=(0.5, 1.0, 2.0), out=tmp_path)
     # the best lr is the largest at B=8, the smallest at B=32, the middle at B=16
     best = {8: 2e-3, 16: 1e-3 * math.sqrt(2), 32: 0.5e-3 * 2}
-    losses = {(r.batch_size, round(r.lr, 12)): (2.0 if r.lr == pytest.approx(best[r.batch_size]) else 2.5) for r in runs}
+    losses = {
+        (r.batch_size, round(r.lr, 12)): (2.0 if r.lr == pytest.approx(best[r.batch_size]) else 2.5) for r in runs
+    }
     meta = sw.run_sweep(b, [8, 16, 32], out=tmp_path, lr_rule="grid", train_fn=FakeTrain(losses))
     for bs, lr in best.items():
         assert meta["lr"][str(bs)] == pytest.approx(lr)
@@ -164,8 +166,9 @@ def test_edge_extension_rule():
 
 
 def _cli(*args, env=None, timeout=300):
-    return subprocess.run([str(SCALINGLAB), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(SCALINGLAB), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,10 +192,35 @@ def test_tiny_sweep_end_to_end_gives_finite_positive_bcrit(tmp_path, data_dir, d
     through the CLI, then fit-batch --json. XLA compilation (~3 programs per batch size) dominates."""
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # one device: any batch size shards
     sweep_dir = tmp_path / "sweep"
-    cmd = ["batch-sweep", "--preset", "gpt2-tiny", "--set", "n_layer=1", "--dataset", dataset_name,
-           "--data-dir", data_dir, "--seq-len", "32", "--batch-sizes", "4,8,16", "--tokens", str(32 * 32 * 60),
-           "--lr", "3e-3", "--lr-rule", "sqrt", "--base-batch", "8", "--checkpoint-every", "0", "--eval-every", "0",
-           "--out", str(sweep_dir)]
+    cmd = [
+        "batch-sweep",
+        "--preset",
+        "gpt2-tiny",
+        "--set",
+        "n_layer=1",
+        "--dataset",
+        dataset_name,
+        "--data-dir",
+        data_dir,
+        "--seq-len",
+        "32",
+        "--batch-sizes",
+        "4,8,16",
+        "--tokens",
+        str(32 * 32 * 60),
+        "--lr",
+        "3e-3",
+        "--lr-rule",
+        "sqrt",
+        "--base-batch",
+        "8",
+        "--checkpoint-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--out",
+        str(sweep_dir),
+    ]
     proc = _cli(*cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = read_json(sweep_dir / "sweep.json")
