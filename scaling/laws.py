@@ -90,8 +90,8 @@ def fit_law(
     if convention is not None:
         table = table.with_params(convention)
     require_points(table, N_PARAMS[law], law)
-    require_identifiable(table, law)
-    row_warnings = quality.check_rows(table, law)
+    row_warnings = quality.check_rows(table, law)  # identical rows, one N or D: the specific message
+    require_identifiable(table, law)  # then the distinct-value counts each law needs
     kw = {"n_bootstrap": n_bootstrap, "level": level, "seed": seed}
     if law == "chinchilla":
         result = chinchilla.fit_approach3(

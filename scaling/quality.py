@@ -48,15 +48,18 @@ def check_rows(table, law: str) -> list[str]:
     cols = {"params": table.params, "tokens": table.tokens, "loss": table.loss}
     rows = np.stack([cols["params"], cols["tokens"], table.flops, cols["loss"]], axis=1)
     if len(table) > 1 and np.unique(rows, axis=0).shape[0] == 1:
-        raise UserError(f"law {law}: all {len(table)} rows are identical; they cannot identify any law")
+        raise UserError(
+            f"cannot identify {law}: all {len(table)} rows are identical (1 distinct N value); "
+            "they cannot identify any law"
+        )
     warnings = []
     for col in NEEDS_SPREAD.get(law, ()):
         k = np.unique(cols[col]).size
         name = {"params": "model size N", "tokens": "token count D"}[col]
         if k < 2:
             raise UserError(
-                f"law {law}: every row has the same {name} ({cols[col][0]:.4g}); the law's {name} "
-                "term cannot be identified"
+                f"cannot identify {law}: every row has the same {name} ({cols[col][0]:.4g}, 1 distinct "
+                f"{name[-1]} value); the law's {name} term cannot be identified"
             )
         if k < 3 and law in ("chinchilla", "kaplan-nd"):
             warnings.append(f"only {k} distinct values of {name}: the {name} exponent rests on two points")
