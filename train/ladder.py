@@ -188,11 +188,14 @@ def check_plan_unchanged(out_dir: Path, runs: Sequence[PlannedRun], train_kwargs
     """Refuse a rerun whose plan changes a run that has started (its lr, seed, steps...), before
     anything is written.
 
-    A plan whose runs never started (a failed start) binds nothing: it is replaced."""
+    A plan whose runs never started (a failed start) binds nothing: it is replaced. A run whose lr
+    is pending the lr search (``lr`` None) is compared without its lr and the lr's provenance: the
+    saved plan holds the value the search set, and the search runs themselves are compared in full."""
     from scalinglab.outdir import run_started
     from scalinglab.train.identity import plan_diff, train_kwargs_diff
 
     requested = [r.to_dict() for r in runs]
+    pending = {r["name"] for r in requested if r.get("lr") is None}
     path = out_dir / "plan.json"
     if not path.exists():
         return
@@ -205,7 +208,8 @@ def check_plan_unchanged(out_dir: Path, runs: Sequence[PlannedRun], train_kwargs
     started = [r["name"] for r in old_runs if run_started(out_dir / str(r.get("name")))]
     if not started:
         return
-    diff = [d for d in plan_diff(old_runs, requested) if d.split(".", 1)[0] in started]
+    derived = {f"{name}.{key}" for name in pending for key in ("lr", "hparams")}
+    diff = [d for d in plan_diff(old_runs, requested) if d.split(".", 1)[0] in started and d not in derived]
     diff += [f"train.{k}" for k in train_kwargs_diff(old_train, {k: _jsonish(v) for k, v in train_kwargs.items()})]
     if diff:
         raise UserError(
