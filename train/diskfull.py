@@ -64,46 +64,65 @@ def translate(path: Any, fn: Callable[[], Any]) -> Any:
         raise
 
 
+# The error asyncio raises when an abandoned orbax save's tensorstore future completes after its
+# event loop has closed (only ever a consequence of a failed save; printed from C with no header).
+_LOOP_CLOSED = "Event loop is closed"
+
+
+def _is_noise(exc: BaseException | None) -> bool:
+    """A disk-full error, or the loop-closed error of an abandoned async save."""
+    return is_disk_full(exc) or (isinstance(exc, RuntimeError) and _LOOP_CLOSED in str(exc))
+
+
+def _remember(exc: BaseException | None, msg: str = "") -> None:
+    text = msg or (str(exc).splitlines()[0] if exc is not None and str(exc) else "disk full")
+    if is_disk_full(exc) or any(m in text for m in _MARKERS):
+        seen.append(text)
+
+
 class _DropDiskFull(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         exc = record.exc_info[1] if record.exc_info else None
-        if any(m in msg for m in _MARKERS) or is_disk_full(exc) or (seen and "Event loop is closed" in msg):
-            seen.append(msg.splitlines()[0])
+        if any(m in msg for m in _MARKERS) or _LOOP_CLOSED in msg or _is_noise(exc):
+            _remember(exc, msg.splitlines()[0] if msg else "")
             return False
         return True
 
 
 @contextlib.contextmanager
 def quiet_background_errors():
-    """While training: orbax's disk-full log records and thread tracebacks are recorded, not printed."""
+    """While training: orbax's disk-full log records and thread tracebacks are recorded, not printed.
+
+    Disk-full errors from orbax's threads are remembered in :data:`seen` (the main thread raises
+    :class:`DiskFull`); the 'Event loop is closed' errors of its abandoned saves are dropped. After a
+    full disk the hooks stay installed until the process exits: the abandoned threads keep failing.
+    """
     seen.clear()
     filt = _DropDiskFull()
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "")]
     for lg in loggers:
         lg.addFilter(filt)
     previous_hook = threading.excepthook
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(args):
-        if is_disk_full(args.exc_value) or (seen and isinstance(args.exc_value, RuntimeError)):
-            seen.append(str(args.exc_value).splitlines()[0] if str(args.exc_value) else "disk full")
-            return
-        previous_hook(args)
-
-    def swallow(exc_value) -> bool:
-        if is_disk_full(exc_value) or (seen and isinstance(exc_value, RuntimeError)):
-            seen.append(str(exc_value).splitlines()[0] if str(exc_value) else "disk full")
+    def swallow(exc_value: BaseException | None) -> bool:
+        if _is_noise(exc_value):
+            _remember(exc_value)
             return True
         return False
 
-    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+    threading.excepthook = lambda a: swallow(a.exc_value) or previous_hook(a)
     sys.unraisablehook = lambda u: swallow(u.exc_value) or previous_unraisable(u)
     sys.excepthook = lambda t, v, tb: swallow(v) or previous_except(t, v, tb)  # PyErr_Print from C callbacks
-    threading.excepthook = hook
+    disk_full = False
     try:
         yield
+    except BaseException as e:
+        disk_full = is_disk_full(e)
+        raise
     finally:
-        if not seen:  # after a full disk, orbax's abandoned threads keep failing until the process exits
+        if not (seen or disk_full):
             threading.excepthook = previous_hook
             sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
             for lg in loggers:
