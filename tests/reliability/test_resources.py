@@ -5,8 +5,8 @@ simulated ENOSPC with orbax's own error text."""
 import contextlib
 import dataclasses
 import json
-import os
 import logging
+import os
 import subprocess
 import sys
 import threading
