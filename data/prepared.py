@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 from collections.abc import Mapping
@@ -31,8 +32,15 @@ from typing import Any
 import numpy as np
 
 from scalinglab.data import datadir, markov, tokenizers
-from scalinglab.errors import UserError
-from scalinglab.fileio import atomic_write_json, read_json, swap_into_place, temp_dir_beside
+from scalinglab.errors import UserError, is_disk_full
+from scalinglab.fileio import (
+    atomic_write_json,
+    outermost_missing,
+    prune_empty_dirs,
+    read_json,
+    swap_into_place,
+    temp_dir_beside,
+)
 
 MANIFEST = "prepared.json"
 FORMAT_VERSION = 2  # 2: local_text documents are line-aligned chunks of files
@@ -151,6 +159,13 @@ def _tfds_build_output_silenced():
         absl_logging.set_verbosity(level)
 
 
+def _raise_if_disk_full(e: BaseException, where: Path) -> None:
+    """A full disk reported only in an error's text (array_record, tensorstore) as the OSError
+    ENOSPC naming ``where`` (the CLI: one line, exit 1)."""
+    if is_disk_full(e) and not isinstance(e, OSError):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where)) from e
+
+
 def prepare_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -168,7 +183,11 @@ def prepare_dataset(
     if builder_name == "files":
         from scalinglab.data import files_builder
 
-        files_builder.prepare(name, data_dir, config, workers)
+        try:  # its finished shards stay in its work directory: the rerun resumes
+            files_builder.prepare(name, data_dir, config, workers)
+        except Exception as e:
+            _raise_if_disk_full(e, datadir.dataset_dir(name, data_dir).parent)
+            raise
         return load_dataset(name, data_dir)
     cfg = resolve_config(name, config)
     _validate_builder_config(builder_name, cfg)
@@ -176,6 +195,7 @@ def prepare_dataset(
     tfds = _quiet_tfds()
 
     final = datadir.dataset_dir(name, data_dir)
+    created = outermost_missing(final.parent)
     tmp = temp_dir_beside(final, "tmp-")
     try:
         builder_fields = {k: v for k, v in cfg.items() if k not in _TOKENIZER_KEYS}
@@ -227,8 +247,10 @@ def prepare_dataset(
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         swap_into_place(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        prune_empty_dirs(created)
+        _raise_if_disk_full(e, final.parent)
         raise
     return load_dataset(name, data_dir)
 

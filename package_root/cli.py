@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = os_error_exit_code(e)
         if rc is None:
             raise
-        sys.stderr.write(f"scalinglab {args.command}: error: {describe_os_error(e)}\n")
+        sys.stderr.write(f"scalinglab {args.command}: error: {describe_os_error(e, args.command)}\n")
         if rc == 1 and argv is None:  # the command line itself: skip the interpreter shutdown, where
             sys.stderr.flush()  # orbax's abandoned writer threads would print their own tracebacks
             sys.stdout.flush()
@@ -146,13 +146,19 @@ def os_error_exit_code(e: BaseException) -> int | None:
     return None
 
 
-def describe_os_error(e: BaseException) -> str:
-    """One line for an OSError: what failed and on which path (``disk full`` for ENOSPC)."""
+# The commands that train: after a full disk their newest checkpoint is still the one to resume from.
+_TRAINING_COMMANDS = ("train", "ladder", "batch-sweep", "demo")
+
+
+def describe_os_error(e: BaseException, command: str = "") -> str:
+    """One line for an OSError: what failed and on which path (``disk full`` for ENOSPC; for a
+    training ``command`` it adds that the last checkpoint is intact)."""
     while not (isinstance(e, OSError) and e.errno is not None) and (e.__cause__ or e.__context__):
         e = e.__cause__ or e.__context__
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {e.filename}" if e.filename else ""
-        return f"disk full{where} ({e.strerror}); free space and rerun (the last checkpoint is intact)"
+        intact = " (the last checkpoint is intact)" if command in _TRAINING_COMMANDS else ""
+        return f"disk full{where} ({e.strerror}); free space and rerun{intact}"
     if isinstance(e, OSError):
         where = f": {e.filename}" if e.filename else ""
         return f"{e.strerror or e}{where}"

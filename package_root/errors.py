@@ -1,4 +1,30 @@
-"""User-facing errors: raised anywhere, printed by the CLI as one line with exit code 2."""
+"""User-facing errors: raised anywhere, printed by the CLI as one line with exit code 2; and the
+recognition of a full disk however a library reports it (exit 1)."""
+
+import errno
+
+# How a full disk or quota shows in the text of errors that do not carry an errno (orbax's
+# ValueError, tensorstore/array_record RuntimeErrors).
+DISK_FULL_MARKERS = (
+    "No space left on device",
+    "os_error_code='28'",
+    "[Errno 28]",
+    "Disk quota exceeded",
+    "[Errno 122]",
+)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or anything in its cause/context chain is a full disk or quota."""
+    visited = set()
+    while e is not None and id(e) not in visited:
+        visited.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(e) for m in DISK_FULL_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class UserError(Exception):

@@ -31,6 +31,27 @@ def temp_dir_beside(path: str | os.PathLike, tag: str = "") -> Path:
     return tmp
 
 
+def outermost_missing(path: str | os.PathLike) -> Path | None:
+    """The outermost of ``path`` and its ancestors that does not exist yet (``None`` when ``path``
+    exists): the directory that creating ``path`` with ``parents=True`` adds, to prune on failure."""
+    missing = None
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def prune_empty_dirs(top: str | os.PathLike | None) -> None:
+    """Remove ``top`` and every directory under it that holds no files (bottom-up): the parents a
+    failed write created. A directory with anything in it stays."""
+    if top is None or not Path(top).is_dir():
+        return
+    for d, _, _ in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
 @contextlib.contextmanager
 def built_in_temp_dir(final: str | os.PathLike, *, tag: str = "", merge: bool = False) -> Iterator[Path]:
     """Build a whole output directory in a temp dir beside ``final``, then swap it into place.
@@ -38,9 +59,11 @@ def built_in_temp_dir(final: str | os.PathLike, *, tag: str = "", merge: bool = 
     ``with built_in_temp_dir(out) as tmp:`` write everything into ``tmp``; when the block ends without
     an error ``tmp`` replaces ``final`` (an old ``final`` is moved aside first and then deleted; with
     ``merge`` the entries of ``tmp`` instead replace their namesakes inside an existing ``final``,
-    leaving its other files alone). On an error ``final`` is untouched and ``tmp`` is removed.
+    leaving its other files alone). On an error ``final`` is untouched, ``tmp`` is removed, and so are the empty parents
+    it created.
     """
     final = Path(final)
+    created = outermost_missing(final.parent)
     tmp = temp_dir_beside(final, tag)
     try:
         yield tmp
@@ -49,6 +72,10 @@ def built_in_temp_dir(final: str | os.PathLike, *, tag: str = "", merge: bool = 
                 os.replace(entry, final / entry.name)
         else:
             swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prune_empty_dirs(created)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Disk full during training: one clear error instead of orbax's background-thread tracebacks and hangs.
 
-* :func:`is_disk_full` recognises ENOSPC/EDQUOT however it arrives (an ``OSError``, or orbax's
+* :func:`~scalinglab.errors.is_disk_full` recognises ENOSPC/EDQUOT however it arrives (an ``OSError``, or orbax's
   ``ValueError: RESOURCE_EXHAUSTED ... No space left on device [os_error_code='28']``);
 * :func:`translate` turns it into :class:`DiskFull` (an ``OSError`` with ``errno.ENOSPC``: the CLI
   prints one line and exits 1);
@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-_MARKERS = ("No space left on device", "os_error_code='28'", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
+from scalinglab.errors import DISK_FULL_MARKERS, is_disk_full
+
 # Default bound on one checkpoint wait, seconds (env SCALINGLAB_CHECKPOINT_TIMEOUT_S overrides).
 DEFAULT_TIMEOUT_S = 1800.0
 seen: list[str] = []  # disk-full messages swallowed from background threads / logs
@@ -37,19 +38,6 @@ class DiskFull(OSError):
 
 class SaveTimeout(OSError):
     """A checkpoint save did not finish within the watchdog's bound."""
-
-
-def is_disk_full(e: BaseException | None) -> bool:
-    """Whether ``e`` or anything in its cause/context chain is a full disk or quota."""
-    visited = set()
-    while e is not None and id(e) not in visited:
-        visited.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(m in str(e) for m in _MARKERS):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def translate(path: Any, fn: Callable[[], Any]) -> Any:
@@ -76,7 +64,7 @@ def _is_noise(exc: BaseException | None) -> bool:
 
 def _remember(exc: BaseException | None, msg: str = "") -> None:
     text = msg or (str(exc).splitlines()[0] if exc is not None and str(exc) else "disk full")
-    if is_disk_full(exc) or any(m in text for m in _MARKERS):
+    if is_disk_full(exc) or any(m in text for m in DISK_FULL_MARKERS):
         seen.append(text)
 
 
@@ -84,7 +72,7 @@ class _DropDiskFull(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         exc = record.exc_info[1] if record.exc_info else None
-        if any(m in msg for m in _MARKERS) or _LOOP_CLOSED in msg or _is_noise(exc):
+        if any(m in msg for m in DISK_FULL_MARKERS) or _LOOP_CLOSED in msg or _is_noise(exc):
             _remember(exc, msg.splitlines()[0] if msg else "")
             return False
         return True

@@ -12,6 +12,8 @@ from scalinglab.fileio import (
     atomic_write_json,
     built_in_temp_dir,
     json_safe,
+    outermost_missing,
+    prune_empty_dirs,
     read_json,
     temp_dir_beside,
 )
@@ -60,6 +62,20 @@ def test_built_in_temp_dir_replaces_on_success_and_keeps_old_on_error(tmp_path):
         (tmp / "b").write_text("4")
     assert {p.name: p.read_text() for p in out.iterdir()} == {"b": "4", "c": "3"}  # merged in
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old dirs left
+
+
+def test_failed_build_removes_the_parents_it_created_and_only_those(tmp_path):
+    keep = tmp_path / "a" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("x")
+    assert outermost_missing(tmp_path / "a" / "b" / "c" / "out") == tmp_path / "a" / "b"
+    assert outermost_missing(tmp_path / "a") is None
+    with pytest.raises(RuntimeError), built_in_temp_dir(tmp_path / "a" / "b" / "c" / "out") as tmp:
+        (tmp / "f").write_text("partial")
+        raise RuntimeError("fails half way")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/keep.txt"]
+    prune_empty_dirs(tmp_path / "a")  # holds a file: stays
+    assert keep.read_text() == "x"
 
 
 def test_json_safe_gives_strict_json_values():

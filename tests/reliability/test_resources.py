@@ -4,6 +4,7 @@ simulated ENOSPC with orbax's own error text."""
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -223,3 +224,31 @@ def test_data_dir_that_is_a_file_is_one_line_exit_2(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
     assert blocker.read_text() == "x"
+
+
+def test_data_prepare_on_a_full_disk_is_one_line_exit_1_nothing_left_then_works(tmp_path):
+    with _tmpfs(tmp_path / f"pfull-{uuid.uuid4().hex[:6]}", "200k") as mnt:
+        args = ["data", "prepare", "--dataset", "synthetic_markov", "--data-dir", str(mnt / "data")]
+        args += ["--config", "train_docs=200", "--config", "validation_docs=4", "--config", "doc_length=1024"]
+        p = _cli(*args)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 1 and len(lines) == 1 and "disk full" in lines[0], p.stderr[-3000:]
+        assert "checkpoint" not in lines[0]  # not a training command
+        assert list(mnt.iterdir()) == []  # no half-written dataset, not even the data dir it created
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        assert _cli(*args, "--json").returncode == 0
+        assert (mnt / "data" / "synthetic_markov").is_dir()
+
+
+def test_disk_full_reported_only_in_text_becomes_enospc_and_leaves_nothing(tmp_path, monkeypatch):
+    """array_record/tensorstore report a full disk as a RuntimeError's text: the same ENOSPC (exit 1)."""
+    from scalinglab.data import prepared
+
+    def full(*a, **k):
+        raise RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device')
+
+    monkeypatch.setattr(prepared.tokenizers, "load_tokenizer", full)
+    with pytest.raises(OSError) as err:
+        prepared.prepare_dataset("synthetic_markov", tmp_path / "d" / "data", {"train_docs": 4, "validation_docs": 1})
+    assert err.value.errno == errno.ENOSPC and err.value.filename.startswith(str(tmp_path / "d" / "data"))
+    assert list(tmp_path.iterdir()) == []
