@@ -19,6 +19,7 @@ from typing import Any
 
 from scalinglab import compile_cache
 from scalinglab.errors import Interrupted, UserError
+from scalinglab.fileio import require_local
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -88,12 +89,19 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
     return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in _leaf_parsers(p)]
 
 
+# The flags that name a directory scalinglab writes: local or mounted, never a URL.
+_DIRECTORY_FLAGS = {"out": "--out", "plot": "--plot", "data_dir": "--data-dir"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "no_cache", False):
         compile_cache.enable()
     try:
+        for attr, flag in _DIRECTORY_FLAGS.items():
+            if isinstance(getattr(args, attr, None), str):
+                require_local(getattr(args, attr), flag)
         rc = args.func(args)
     except UserError as e:
         sys.stderr.write(f"scalinglab {args.command}: error: {e}\n")

@@ -6,11 +6,34 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
+
+# A URL (``gs://bucket/x``, ``s3://...``): not a path this process can write with the OS.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def require_local(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a URL where scalinglab needs a local or mounted directory (a UserError: exit 2).
+
+    Run directories are written with the OS (atomic renames, hard-linked locks) and prepared data
+    is read by array_record, which opens local files only (google/array_record#120); a bucket is
+    used through a mount such as gcsfuse, which is what ``scalinglab-launch-tpu`` sets up.
+    """
+    text = os.fspath(path)
+    if isinstance(text, str) and _URL.match(text):
+        from scalinglab.errors import UserError
+
+        bucket = text.split("://", 1)[1].split("/", 1)[0] or "BUCKET"
+        raise UserError(
+            f"{flag} {text}: needs a local or mounted directory, not a URL; mount the bucket (e.g. "
+            f"`gcsfuse --implicit-dirs {bucket} ~/gcs/{bucket}`, as scalinglab-launch-tpu does) and pass "
+            f"~/gcs/{bucket}/{text.split('://', 1)[1].partition('/')[2]}"
+        )
 
 
 def default_mode(base: int = 0o666) -> int:

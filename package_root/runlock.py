@@ -3,7 +3,8 @@
 ``RUN_DIR/lock.json`` = ``{"owner", "host", "pid", "token", "acquired", "lease_s", "expires"}``
 (times in Unix seconds). It is created atomically (the whole file appears at once, or not at all):
 on a local filesystem by hard-linking a finished temporary file onto the name, which fails when
-the name exists; on other ``etils.epath`` filesystems (``gs://``) by writing it when absent and
+the name exists (on a mount without hard links, such as gcsfuse, by an exclusive create); on
+other ``etils.epath`` filesystems (``gs://``) by writing it when absent and
 reading it back (best effort: object stores have no exclusive create).
 
 A lock is *stale*, and is taken over, when its lease expired (the holder stopped renewing) or,
@@ -18,6 +19,7 @@ task acquires the lock of the run it trains, renews it while training, releases 
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -29,8 +31,11 @@ import uuid
 from typing import Any
 
 from scalinglab.errors import UserError
+from scalinglab.fileio import default_mode
 
 LOCK_FILE = "lock.json"
+# What os.link raises on a filesystem without hard links (gcsfuse, some network mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
 DEFAULT_LEASE_S = 300.0
 
 
@@ -150,9 +155,26 @@ class RunLock:
                 os.link(tmp, os.fspath(self.path))
             except FileExistsError:
                 return False
+            except OSError as e:
+                if e.errno not in _NO_HARD_LINKS:
+                    raise
+                return self._create_exclusive(data)
             return True
         finally:
             os.unlink(tmp)
+
+    def _create_exclusive(self, data: str) -> bool:
+        """Exclusive create (``O_EXCL``) of the lock file, for mounts without hard links (gcsfuse):
+        the name still appears once; a reader may briefly see it empty (read as no information)."""
+        try:
+            fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, default_mode())
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
 
     def _write(self, info: dict[str, Any]) -> None:
         if _is_local(self.path):
@@ -209,7 +231,12 @@ class RunLock:
             # a live holder took it over between our read and the rename: give it back
             try:
                 if _is_local(self.path):
-                    os.link(os.fspath(aside), os.fspath(self.path))
+                    try:
+                        os.link(os.fspath(aside), os.fspath(self.path))
+                    except OSError as e:
+                        if e.errno not in _NO_HARD_LINKS:
+                            raise
+                        self._create_exclusive(json.dumps(moved))
                 elif not self.path.exists():
                     self.path.write_text(json.dumps(moved))
             except FileExistsError:

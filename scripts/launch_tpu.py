@@ -13,7 +13,11 @@ Steps (each a gcloud/git command; ``--dry-run`` prints exactly these lines and r
 2. the source: ``git archive`` of HEAD to one absolute path on this machine, copied from that
    same path to every worker, unpacked, and the locked environment with the ``tpu`` extra
    installed (``uv sync --frozen --extra tpu``);
-3. optionally the data, prepared once (worker 0) on the shared ``gs://`` directory;
+3. the buckets: every ``gs://BUCKET/...`` in ``--data-dir`` and in the job command is mounted with
+   gcsfuse at ``/mnt/gcs/BUCKET`` on every worker (installed from Google's apt repository when
+   missing) and the path rewritten to the mount, because scalinglab writes run directories with the
+   OS and array_record reads local files only (google/array_record#120); optionally the data,
+   prepared once (worker 0) on the shared directory;
 4. the job on every worker under ``nohup`` (it survives the ssh session), each worker logging to
    ``~/scalinglab-logs/<name>-<hostname>.log``; watch with the printed ``tail`` command. After a
    preemption, run the launcher again with the same command: training commands resume from
@@ -40,6 +44,40 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 _GENERATION = {"v4": "v4", "v5litepod": "v5e", "v5e": "v5e", "v5p": "v5p", "v6e": "v6e"}
 UV_VERSION = "0.13.9"
+MOUNT_ROOT = "/mnt/gcs"  # where each gs:// bucket is mounted on the workers
+_GS = re.compile(r"gs://([a-z0-9][a-z0-9._-]*)(/.*)?$")
+# gcsfuse from Google's apt repository (cloud.google.com/storage/docs/cloud-storage-fuse/install).
+_INSTALL_GCSFUSE = (
+    "(command -v gcsfuse > /dev/null || (export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s) && "
+    'echo "deb https://packages.cloud.google.com/apt $GCSFUSE_REPO main" | '
+    "sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null && "
+    "curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && "
+    "sudo apt-get update -q && sudo apt-get install -y -q fuse gcsfuse))"
+)
+
+
+def mounted(word: str, buckets: list[str]) -> str:
+    """``word`` with a ``gs://BUCKET/path`` (alone or after ``--flag=``) rewritten to the worker's
+    mount ``/mnt/gcs/BUCKET/path``; the bucket is added to ``buckets``."""
+    flag, eq, value = word.partition("=") if word.startswith("--") and "=" in word else ("", "", word)
+    m = _GS.match(value)
+    if not m:
+        return word
+    if m.group(1) not in buckets:
+        buckets.append(m.group(1))
+    return f"{flag}{eq}{MOUNT_ROOT}/{m.group(1)}{m.group(2) or ''}"
+
+
+def mount_command(buckets: Sequence[str]) -> str:
+    """The shell line that mounts each bucket at ``/mnt/gcs/BUCKET`` (kept when already mounted)."""
+    parts = [_INSTALL_GCSFUSE]
+    for b in buckets:
+        d = f"{MOUNT_ROOT}/{b}"
+        parts.append(
+            f"sudo mkdir -p {d} && sudo chown $(id -u):$(id -g) {d} && "
+            f"(mountpoint -q {d} || gcsfuse --implicit-dirs {b} {d})"
+        )
+    return " && ".join(parts)
 
 
 def generation(accelerator_type: str) -> str:
@@ -129,7 +167,8 @@ def _ssh(args: argparse.Namespace, worker: str, command: str) -> list[str]:
 
 
 def job_commands(args: argparse.Namespace, command: Sequence[str]) -> list[list[str]]:
-    """Source tarball, install, optional data preparation, and the job under nohup on every worker."""
+    """Source tarball, install, bucket mounts, optional data preparation, and the job under nohup
+    on every worker (``gs://`` paths rewritten to the mounts)."""
     tarball = tarball_path(args.name)
     cmds = [
         ["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", tarball, "HEAD"],
@@ -152,16 +191,20 @@ def job_commands(args: argparse.Namespace, command: Sequence[str]) -> list[list[
             "~/.local/bin/uv sync --frozen --python 3.11 --extra tpu",
         ),
     ]
+    buckets: list[str] = []
+    data_dir = mounted(args.data_dir, buckets) if args.data_dir else ""
+    words = [mounted(w, buckets) for w in command]
+    if buckets:
+        cmds.append(_ssh(args, "all", mount_command(buckets)))
     if args.prepare:
         cmds.append(
             _ssh(
                 args,
                 "0",
                 "cd ~/scalinglab && .venv/bin/scalinglab data prepare "
-                f"--dataset {shlex.quote(args.prepare)} --data-dir {shlex.quote(args.data_dir)}",
+                f"--dataset {shlex.quote(args.prepare)} --data-dir {shlex.quote(data_dir)}",
             )
         )
-    words = list(command)
     if words and words[0] == "scalinglab":
         words[0] = ".venv/bin/scalinglab"
     log = f"~/scalinglab-logs/{args.name}-$(hostname).log"
@@ -234,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spot", action="store_true", help="preemptible capacity (rerun the launcher after a preemption)")
     p.add_argument("--queued", action="store_true", help="request the node as a queued resource")
     p.add_argument("--prepare", default="", metavar="DATASET", help="prepare DATASET on --data-dir first (worker 0)")
-    p.add_argument("--data-dir", default="", help="shared data directory, e.g. gs://BUCKET/data")
+    p.add_argument(
+        "--data-dir", default="", help="shared data directory, e.g. gs://BUCKET/data (mounted at /mnt/gcs/BUCKET)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(own)
     if not command:

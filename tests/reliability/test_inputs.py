@@ -66,3 +66,29 @@ def test_fit_that_cannot_identify_the_law_says_so(tmp_path, capsys, rows, law):
     csv.write_text("params,tokens,loss\n" + "\n".join(rows) + "\n")
     line = _one_line_exit_2(capsys, "fit", str(csv), "--law", law)
     assert f"cannot identify {law}" in line and "distinct N" in line
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--preset", "gpt2-tiny", "--steps", "2", "--out", "gs://bkt/runs/a"], "--out gs://bkt/runs/a"),
+        (["ladder", "--dry-run", "--out", "gs://bkt/lad"], "--out gs://bkt/lad"),
+        (["data", "prepare", "--dataset", "synthetic_markov", "--data-dir", "gs://bkt/data"], "--data-dir"),
+        (["report", "runs", "--out", "s3://bkt/rep"], "--out s3://bkt/rep"),
+    ],
+)
+def test_a_bucket_url_where_a_directory_is_written_is_refused(tmp_path, monkeypatch, capsys, argv, flag):
+    """Not silently a local directory named 'gs:' (what pathlib makes of the URL), not a traceback:
+    one line that says to mount the bucket (gcsfuse), naming the mounted path to use instead."""
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_exit_2(capsys, *argv)
+    assert flag in line and "gcsfuse --implicit-dirs bkt ~/gcs/bkt" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bucket_url_as_the_data_dir_environment_variable_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCALINGLAB_DATA_DIR", "gs://bkt/data")
+    line = _one_line_exit_2(capsys, "data", "stats", "--dataset", "synthetic_markov")
+    assert "SCALINGLAB_DATA_DIR gs://bkt/data" in line and "~/gcs/bkt/data" in line
+    assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,6 @@
 """The run-directory lock: one holder, the owner named to the second, stale locks taken over."""
 
+import errno
 import json
 import os
 import socket
@@ -90,7 +91,14 @@ def test_auto_renew_keeps_a_short_lease_alive(tmp_path):
         assert info["token"] == lock.token and info["expires"] > time.time()
 
 
-def test_racing_acquirers_exactly_one_wins(tmp_path):
+@pytest.mark.parametrize("hard_links", [True, False], ids=["local", "no-hard-links"])
+def test_racing_acquirers_exactly_one_wins(tmp_path, monkeypatch, hard_links):
+    if not hard_links:  # a gcsfuse mount: os.link fails with EPERM, the lock uses an exclusive create
+
+        def no_link(*a, **k):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
     barrier = threading.Barrier(8)
     won, refused = [], []
 

@@ -17,7 +17,18 @@ def _dry_run(*args):
     return out.stdout.splitlines()
 
 
-def _expected(name, zone, accel, image, job, create_extra=(), prepare=None):
+def _mount(bucket):
+    return (
+        "(command -v gcsfuse > /dev/null || (export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s) && "
+        'echo "deb https://packages.cloud.google.com/apt $GCSFUSE_REPO main" | sudo tee '
+        "/etc/apt/sources.list.d/gcsfuse.list > /dev/null && curl -s https://packages.cloud.google.com/apt/doc/"
+        "apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q fuse gcsfuse)) "
+        f"&& sudo mkdir -p /mnt/gcs/{bucket} && sudo chown $(id -u):$(id -g) /mnt/gcs/{bucket} && "
+        f"(mountpoint -q /mnt/gcs/{bucket} || gcsfuse --implicit-dirs {bucket} /mnt/gcs/{bucket})"
+    )
+
+
+def _expected(name, zone, accel, image, job, create_extra=(), prepare=None, bucket=None):
     """The exact lines, written out here independently of the launcher's code."""
     root = str(launch_tpu.REPO_ROOT)
     ssh = f"gcloud compute tpus tpu-vm ssh {name} --zone {zone}"
@@ -31,6 +42,8 @@ def _expected(name, zone, accel, image, job, create_extra=(), prepare=None):
         "~/scalinglab-src.tar.gz -C ~/scalinglab && cd ~/scalinglab && python3 -m pip install --user -q uv==0.13.9 "
         "&& ~/.local/bin/uv sync --frozen --python 3.11 --extra tpu'",
     ]
+    if bucket:
+        lines.append(f"{ssh} --worker=all --command '{_mount(bucket)}'")
     if prepare:
         lines.append(f"{ssh} --worker=0 --command 'cd ~/scalinglab && .venv/bin/scalinglab data prepare {prepare}'")
     lines += [
@@ -67,7 +80,8 @@ def test_tpu_dry_run_is_exact_per_generation(accel, image):
         "--out",
         "gs://b/runs",
     )
-    assert got == _expected("lad", "z1", accel, image, "ladder --ladder-preset tpu-v4-32 --out gs://b/runs")
+    job = "ladder --ladder-preset tpu-v4-32 --out /mnt/gcs/b/runs"  # the bucket through its gcsfuse mount
+    assert got == _expected("lad", "z1", accel, image, job, bucket="b")
 
 
 def test_tpu_dry_run_spot_with_data_preparation():
@@ -89,15 +103,17 @@ def test_tpu_dry_run_spot_with_data_preparation():
         "train",
         "--steps",
         "9",
+        "--data-dir=gs://b/data",
     )
     assert got == _expected(
         "n",
         "z",
         "v5litepod-16",
         "v2-alpha-tpuv5-lite",
-        "train --steps 9",
+        "train --steps 9 --data-dir=/mnt/gcs/b/data",
         ["--spot"],
-        prepare="--dataset local_text --data-dir gs://b/data",
+        prepare="--dataset local_text --data-dir /mnt/gcs/b/data",
+        bucket="b",
     )
 
 
