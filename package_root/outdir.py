@@ -97,7 +97,9 @@ def is_ours(out: str | os.PathLike, kind: str, owned: Iterable[str] = (), signat
     if signature is not None and (out / signature).exists():
         return True
     owned = set(owned) | {MARKER}
-    return all(e.name in owned for e in out.iterdir())
+    # a marker being written (fileio's atomic temp file): a second driver starting on the same new directory
+    in_flight = lambda name: name.startswith(f".{MARKER}.") and name.endswith(".tmp")  # noqa: E731
+    return all(e.name in owned or in_flight(e.name) for e in out.iterdir())
 
 
 def check_out_dir(

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (written first) and ``config.yaml`` (its settings as a ``--config``
 file), ``metrics.jsonl`` (one JSON object per logged
-step, appended and flushed line by line), ``checkpoints/``, ``tb/`` and, only once the run completed,
+step, appended and flushed line by line), ``checkpoints/``, ``tb/``, ``lock.json`` while it is trained,
+``train.log`` when an executor trains it in a process of its own and, only once the run completed,
 ``summary.json``. A batch-sweep directory holds ``sweep.json`` and one run directory per run; a
 ladder directory ``plan.json``, one run directory per planned run and, when its learning rates are
 searched, ``lr_search/lr_search.json``.
@@ -28,6 +29,7 @@ LR_SEARCH_DIR = "lr_search"  # a ladder's learning-rate search runs ...
 LR_SEARCH_FILE = "lr_search.json"  # ... and their record, LR_SEARCH_DIR/LR_SEARCH_FILE
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tb"
+LOG_FILE = "train.log"  # the run's output when an executor trains it in a process of its own
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

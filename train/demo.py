@@ -24,6 +24,7 @@ from scalinglab.errors import UserError
 from scalinglab.rundir import RESOLVED_CONFIG
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
+from scalinglab.train.executor import Executor, ExecutorOptions, make_executor
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_lr_search, plan_table
 
@@ -81,11 +82,13 @@ def run_demo(
     log=lambda s: print(s, file=sys.stderr, flush=True),
     resolved_config: dict | None = None,
     force: bool = False,
+    executor: Executor | None = None,
 ) -> Path:
     """Run the whole demo into ``out`` (``out/ladder``, ``out/ladder/sweep``, ``out/report``); returns
     the report directory. An ``out`` that is not a demo directory is refused unless ``force``.
 
     ``resolved_config``: the command's settings, written as ``out/config.yaml`` once the data is ready.
+    ``executor``: trains the runs of the ladder and of the sweep (default: one after another, here).
     """
     from scalinglab.outdir import check_out_dir, mark_out_dir
     from scalinglab.scaling.report import write_report
@@ -112,6 +115,8 @@ def run_demo(
         extend_search=spec.lr_search_extend,
         dataset=dataset,
         data_dir=data_dir,
+        executor=executor,
+        log=log,
         **DEMO_TRAIN,
     )
     log(f"[demo] ladder done after {format_seconds(time.perf_counter() - t0)}; batch-size sweep next")
@@ -134,6 +139,7 @@ def run_demo(
         out=ladder_dir / "sweep",
         base_batch=sweep["base_batch"],
         log=log,
+        executor=executor,
         log_every=DEMO_TRAIN["log_every"],
         eval_every=0,
         checkpoint_every=0,
@@ -153,7 +159,12 @@ class DemoOptions:
     force: bool = option(False, "run into an --out that is not a demo directory (nothing in it is replaced)")
 
 
-SCHEMA = Schema("demo", Part(DemoOptions, section="demo"), Part(TrainConfig, include=("data_dir",)))
+SCHEMA = Schema(
+    "demo",
+    Part(DemoOptions, section="demo"),
+    Part(TrainConfig, include=("data_dir",)),
+    Part(ExecutorOptions, section="demo", exclude=("only",)),
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -162,7 +173,15 @@ def _demo(args: argparse.Namespace) -> int:
     data: TrainConfig = SCHEMA.build(TrainConfig, values)
     out = opts.out or ("runs/demo-synthetic" if opts.synthetic else "runs/demo")
     resolved = SCHEMA.dump(dataclasses.replace(opts, out=out), data)
-    report = run_demo(out, synthetic=opts.synthetic, data_dir=data.data_dir, resolved_config=resolved, force=opts.force)
+    with make_executor(SCHEMA.build(ExecutorOptions, values)) as executor:
+        report = run_demo(
+            out,
+            synthetic=opts.synthetic,
+            data_dir=data.data_dir,
+            resolved_config=resolved,
+            force=opts.force,
+            executor=executor,
+        )
     print(report / "report.md")
     return 0
 

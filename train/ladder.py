@@ -13,17 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from scalinglab.errors import UserError, stop_if_signalled
+from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
 from scalinglab.rundir import (
-    CHECKPOINT_DIR,
     CONFIG_FILE,
     LR_SEARCH_FILE,
     PLAN_FILE,
@@ -35,7 +31,8 @@ from scalinglab.rundir import (
 from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
-from scalinglab.train.plan import LADDER_PRESETS, SEARCH_DIR, LadderPreset, PlannedRun, format_seconds, plan_ladder
+from scalinglab.train.executor import Dispatcher, Executor, LocalExecutor, RunTask, check_only
+from scalinglab.train.plan import LADDER_PRESETS, SEARCH_DIR, LadderPreset, PlannedRun, plan_ladder
 from scalinglab.train.sweep import edge_extension
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
@@ -78,37 +75,6 @@ def preset_train_configs(
     if largest:
         runs = [max(runs, key=lambda r: (r.total, r.train_flops_per_token))]
     return preset, [train_config_for(r, Path(out_dir), **preset.train_kwargs()) for r in runs]
-
-
-class OverallProgress:
-    """Time left for the whole ladder, from the runs finished so far in this invocation.
-
-    Small models on CPU are dominated by per-step overhead and large ones by FLOPs, so the
-    wall time of a run is modelled as ``a·steps + b·flops`` (least squares over finished runs).
-    """
-
-    def __init__(self, runs: Sequence[PlannedRun]):
-        self.runs = list(runs)
-        self.samples: list[tuple[int, int, float]] = []  # (steps, flops, seconds)
-
-    def record(self, run: PlannedRun, seconds: float) -> None:
-        self.samples.append((run.steps, run.flops, seconds))
-
-    def estimate(self, run: PlannedRun) -> float | None:
-        if not self.samples:
-            return None
-        x = np.array([[s, f] for s, f, _ in self.samples], dtype=float)
-        y = np.array([t for _, _, t in self.samples])
-        if len(self.samples) >= 2:
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-            coef = np.maximum(coef, 0.0)
-            if coef.sum() > 0:
-                return float(coef @ [run.steps, run.flops])
-        return float(y.sum() / x[:, 1].sum() * run.flops)
-
-    def remaining(self, pending: Sequence[PlannedRun]) -> float | None:
-        ests = [self.estimate(r) for r in pending]
-        return None if any(e is None for e in ests) else float(sum(ests))  # type: ignore[arg-type]
 
 
 def check_plan_compatible(out_dir: Path, runs: Sequence[PlannedRun]) -> None:
@@ -230,12 +196,15 @@ def run_ladder(
     search_runs: Sequence[PlannedRun] = (),
     extend_search: int = 0,
     train_fn: Callable[[TrainConfig], dict] | None = None,
+    executor: Executor | None = None,
+    only: Sequence[str] = (),
+    emit: bool = False,
     log: Callable[[str], None] = lambda s: sys.stderr.write(s + "\n"),
     resolved_config: Mapping[str, Any] | None = None,
     force: bool = False,
     **train_kwargs: Any,
 ) -> list[dict]:
-    """Train every planned run that is not finished; returns the summaries of the ladder runs.
+    """Train every planned run that is not finished; returns the summaries of the finished ladder runs.
 
     ``search_runs`` (:func:`scalinglab.train.plan.plan_lr_search`) are trained first and set the lr
     of runs whose lr is pending; ``extend_search`` = k: a searched size whose best final loss is at
@@ -244,17 +213,24 @@ def run_ladder(
     :class:`TrainConfig` (dataset, data_dir, seed, dtype, eval_every...). ``resolved_config``: the
     command's settings, written as ``config.yaml`` beside ``plan.json``.
     ``force``: train into an ``out_dir`` that is not a ladder directory (see :mod:`scalinglab.outdir`).
+
+    Runs go through :class:`scalinglab.train.executor.Dispatcher`: ``executor`` (default: in this
+    process with ``train_fn``, :func:`scalinglab.train.loop.train`) trains each batch of independent
+    runs (the search grid, each round of its extension, the ladder runs). ``only``: train just these
+    runs (a ladder run whose lr is pending needs every search run finished first: UserError otherwise).
+    ``emit``: train nothing; raise :class:`~scalinglab.train.executor.PendingRuns` with the runs that
+    can be trained now (the missing search runs first; the ladder runs once the search is complete).
     """
     from scalinglab.outdir import check_out_dir, mark_out_dir
 
-    if train_fn is None:
-        from scalinglab.train.loop import train as train_fn
     if any(r.lr is None for r in runs) and not search_runs:
         raise UserError("the ladder's learning rates are pending an lr search, but no search runs were given")
     out_dir = Path(out_dir)
     ours = check_out_dir(out_dir, "ladder", signature="plan.json", force=force)
     check_plan_unchanged(out_dir, [*search_runs, *runs], train_kwargs)
     check_plan_compatible(out_dir, [*search_runs, *runs])
+    selected = check_only(only, _known_names(out_dir, [*search_runs, *runs]), "ladder")
+    _check_search_first(out_dir, runs, search_runs, selected)
     mark_out_dir(out_dir, "ladder", ours)
     if resolved_config is not None:
         write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
@@ -271,58 +247,48 @@ def run_ladder(
 
     search_runs = list(search_runs)
     write_plan(runs)
-    progress = OverallProgress([*search_runs, *runs])
-    everything = [*search_runs, *runs]
+    dispatcher = Dispatcher(executor or LocalExecutor(train_fn), tag="ladder", log=log, only=selected, emit=emit)
+    for r in [*search_runs, *runs]:
+        dispatcher.board.expect(r.name, r.steps, r.flops)
 
-    def train_one(i: int, run: PlannedRun) -> dict:
+    def task(i: int, run: PlannedRun) -> RunTask:
         n = len(search_runs) + len(runs)
-        run_dir = out_dir / run.name
-        if is_complete(run_dir):
-            log(f"[ladder {i + 1}/{n}] {run.name}: finished, skipped")
-            return read_json(run_dir / SUMMARY_FILE)
-        left = progress.remaining(everything[i:])
-        eta = f", ~{format_seconds(left)} left overall" if left is not None else ""
-        state = "resuming" if (run_dir / CHECKPOINT_DIR).exists() else "training"
-        log(
-            f"[ladder {i + 1}/{n}] {state} {run.name}: N={run.non_embedding:,} D={run.tokens:.3g} tokens "
-            f"({run.steps} steps) C={run.flops:.3g} FLOPs lr={run.lr:.3g}{eta}"
-        )
-        t0 = time.perf_counter()
         # a search run is only judged by its final eval loss: no evals along the way
         kwargs = {**train_kwargs, "eval_every": 0} if run.role == "search" else train_kwargs
-        summary = train_fn(train_config_for(run, out_dir, **kwargs))
-        stop_if_signalled(summary, f"ladder run {run.name}")  # never start the next run after a signal
-        progress.record(run, time.perf_counter() - t0)
-        return summary
+        return RunTask(
+            name=run.name,
+            config=train_config_for(run, out_dir, **kwargs),
+            flops=run.flops,
+            label=f"[ladder {i + 1}/{n}]",
+            detail=f"N={run.non_embedding:,} D={run.tokens:.3g} tokens ({run.steps} steps) C={run.flops:.3g} FLOPs "
+            f"lr={run.lr:.3g}",
+        )
 
     if search_runs and not (out_dir / SEARCH_DIR / LR_SEARCH_FILE).exists():  # marks the folder at once
         atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", "status": "running"})
-    search_summaries = [train_one(i, r) for i, r in enumerate(search_runs)]
+    search_summaries = dispatcher.run([task(i, r) for i, r in enumerate(search_runs)])
     for _ in range(extend_search if search_runs else 0):
-        added = []
-        for size in sorted({r.non_embedding for r in search_runs}):
-            mine = [(r, s) for r, s in zip(search_runs, search_summaries) if r.non_embedding == size]
-            lr_next = edge_extension({float(r.lr): _final_loss(summ) for r, summ in mine})
-            if lr_next is not None:
-                base = mine[0][0]
-                added.append(
-                    dataclasses.replace(
-                        base,
-                        name=f"{base.name.rsplit('-lr', 1)[0]}-lr{lr_next:.3g}".replace("+", ""),
-                        lr=lr_next,
-                        hparams=tuple((k, v) for k, v in base.hparams if k != "lr")
-                        + (("lr", "search grid extended 2x beyond its edge"),),
-                    )
-                )
+        if any(s is None for s in search_summaries):
+            break  # runs left to other drivers (--only): the extension is decided once the grid is done
+        added = _edge_runs(search_runs, search_summaries)
         if not added:
             break
         for r in added:
             log(f"[ladder] lr search: N={r.non_embedding:,} best at the edge of its grid, adding lr={r.lr:.3g}")
-            search_runs.append(r)
-            everything = [*search_runs, *runs]
-            write_plan(runs)
-            search_summaries.append(train_one(len(search_runs) - 1, r))
+            dispatcher.board.expect(r.name, r.steps, r.flops)
+        first = len(search_runs)
+        search_runs.extend(added)
+        write_plan(runs)
+        search_summaries += dispatcher.run([task(first + k, r) for k, r in enumerate(added)])
     if search_runs:
+        if any(s is None for s in search_summaries):  # --only: the search is not complete yet
+            pending = [r.name for r in runs if r.lr is None and dispatcher.selected(r.name)]
+            if pending:
+                missing = [r.name for r, s in zip(search_runs, search_summaries) if s is None]
+                raise UserError(
+                    f"{_listed(pending)} need the lr search first; search runs not finished: {_listed(missing)}"
+                )
+            return [read_json(out_dir / r.name / SUMMARY_FILE) for r in runs if is_complete(out_dir / r.name)]
         runs, record = resolve_lrs(runs, search_runs, search_summaries)
         atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", **record})
         for w in record["warnings"]:
@@ -330,5 +296,56 @@ def run_ladder(
         law = record["law"]
         log(f"[ladder] lr search done: lr_opt(N) = {law['A']:.4g} * N^{law['k']:.4f}")
         write_plan(runs, record)
-    everything = [*search_runs, *runs]
-    return [train_one(len(search_runs) + i, r) for i, r in enumerate(runs)]
+    summaries = dispatcher.run([task(len(search_runs) + i, r) for i, r in enumerate(runs)])
+    return [s for s in summaries if s is not None]
+
+
+def _edge_runs(search_runs: Sequence[PlannedRun], summaries: Sequence[dict]) -> list[PlannedRun]:
+    """One more search run per searched size whose best final loss is at an edge of its lrs (2× beyond)."""
+    added = []
+    for size in sorted({r.non_embedding for r in search_runs}):
+        mine = [(r, s) for r, s in zip(search_runs, summaries) if r.non_embedding == size]
+        lr_next = edge_extension({float(r.lr): _final_loss(summ) for r, summ in mine})
+        if lr_next is not None:
+            base = mine[0][0]
+            added.append(
+                dataclasses.replace(
+                    base,
+                    name=f"{base.name.rsplit('-lr', 1)[0]}-lr{lr_next:.3g}".replace("+", ""),
+                    lr=lr_next,
+                    hparams=tuple((k, v) for k, v in base.hparams if k != "lr")
+                    + (("lr", "search grid extended 2x beyond its edge"),),
+                )
+            )
+    return added
+
+
+def _known_names(out_dir: Path, planned: Sequence[PlannedRun]) -> list[str]:
+    """Names ``--only`` may give: the planned runs and the search extensions ``plan.json`` lists."""
+    names = [r.name for r in planned]
+    try:
+        listed = [r.get("name") for r in read_json(out_dir / PLAN_FILE).get("lr_search", [])]
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    return names + [n for n in listed if isinstance(n, str) and n not in names]
+
+
+def _check_search_first(
+    out_dir: Path, runs: Sequence[PlannedRun], search_runs: Sequence[PlannedRun], selected: set[str] | None
+) -> None:
+    """``--only`` of a ladder run whose lr is pending, while search runs it does not name are missing:
+    UserError before anything is trained (the search runs come first; ``--emit-commands`` lists them)."""
+    if selected is None:
+        return
+    pending = [r.name for r in runs if r.lr is None and r.name in selected]
+    missing = [r.name for r in search_runs if r.name not in selected and not is_complete(out_dir / r.name)]
+    if pending and missing:
+        raise UserError(
+            f"{_listed(pending)} need the lr search first; {len(missing)} search runs are not finished "
+            f"({_listed(missing)}); train them first (--emit-commands lists them)"
+        )
+
+
+def _listed(names: Sequence[str], k: int = 3) -> str:
+    """The first ``k`` names for a message, then `...`."""
+    return ", ".join(names[:k]) + (" ..." if len(names) > k else "")

@@ -11,7 +11,9 @@ from typing import Any
 
 from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
+from scalinglab.rundir import LR_SEARCH_DIR, RESOLVED_CONFIG
 from scalinglab.train.config import TrainConfig
+from scalinglab.train.executor import ExecutorOptions, LocalExecutor, PendingRuns, make_executor
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import (
     LADDER_PRESETS,
@@ -34,6 +36,11 @@ class LadderOptions:
     out: str = option("runs/ladder", "ladder directory (one run dir per planned run)")
     allow_repeat: bool = option(False, "let a --ladder-preset run read its dataset more than once (default: refuse)")
     force: bool = option(False, "train into an --out that is not a ladder directory (nothing in it is replaced)")
+    emit_commands: bool = option(
+        False,
+        "train nothing: print one shell command per run that can be trained now and is missing (the lr-search "
+        "runs first; once they finished, the ladder runs), each training exactly that run into --out",
+    )
 
 
 # TrainConfig fields the plan sets for each run; every other one applies to all runs of the ladder.
@@ -62,6 +69,7 @@ SCHEMA = Schema(
     Part(LadderOptions, section="ladder"),
     Part(LadderSpec, section="ladder"),
     Part(TrainConfig, exclude=PLANNED),
+    Part(ExecutorOptions, section="ladder"),
 )
 
 
@@ -121,6 +129,8 @@ def _check_repeats(opts: LadderOptions, dataset: str, runs, epochs, ds) -> None:
 def _ladder(args: argparse.Namespace) -> int:
     values = SCHEMA.values(args)
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
+    how: ExecutorOptions = SCHEMA.build(ExecutorOptions, values)
+    executor = LocalExecutor() if opts.emit_commands or args.dry_run else make_executor(how)
     if not args.dry_run:  # a bad --out is refused before planning (run_ladder checks again)
         from scalinglab.outdir import check_out_dir
 
@@ -154,21 +164,54 @@ def _ladder(args: argparse.Namespace) -> int:
         else:
             print(plan_table([*search, *runs], flops_per_s, epochs))
         return 0
-    print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
+    if not opts.emit_commands:
+        print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
-    summaries = run_ladder(
-        runs,
-        opts.out,
-        search_runs=search,
-        extend_search=spec.lr_search_extend,
-        resolved_config=SCHEMA.dump(opts, spec, shared),
-        force=opts.force,
-        **SCHEMA.fields_of(TrainConfig, values),
-    )
-    if args.json:
+    try:
+        with executor:
+            summaries = run_ladder(
+                runs,
+                opts.out,
+                search_runs=search,
+                extend_search=spec.lr_search_extend,
+                resolved_config=SCHEMA.dump(dataclasses.replace(opts, emit_commands=False), spec, shared),
+                force=opts.force,
+                executor=executor,
+                only=how.only,
+                emit=opts.emit_commands,
+                log=(lambda s: None) if opts.emit_commands else (lambda s: print(s, file=sys.stderr, flush=True)),
+                **SCHEMA.fields_of(TrainConfig, values),
+            )
+    except PendingRuns as pending:
+        print_commands(opts.out, pending.tasks, search_names={r.name for r in search})
+        return 0
+    if opts.emit_commands:
+        sys.stderr.write(f"{opts.out}: every run is finished, nothing to train\n")
+    elif args.json:
         emit_json(summaries)
     return 0
+
+
+def print_commands(out: str, tasks, search_names: set[str]) -> None:
+    """One shell command per run of ``tasks`` on stdout (each trains exactly that run into the ladder
+    directory ``out``, from its ``config.yaml``), and on stderr what comes after them."""
+    import os
+    import shlex
+
+    ladder = os.path.abspath(out)
+    for t in tasks:
+        print(
+            f"scalinglab ladder --config {shlex.quote(os.path.join(ladder, RESOLVED_CONFIG))} "
+            f"--out {shlex.quote(ladder)} --only {shlex.quote(t.name)}"
+        )
+    if any(t.name in search_names or t.name.startswith(f"{LR_SEARCH_DIR}/") for t in tasks):
+        sys.stderr.write(
+            f"{len(tasks)} lr-search runs to train first; when they have finished, run --emit-commands again "
+            "for the ladder runs (their lr comes from the search)\n"
+        )
+    else:
+        sys.stderr.write(f"{len(tasks)} runs to train\n")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,7 +35,15 @@ from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, atomic_write_text, read_json
 from scalinglab.models import accounting
 from scalinglab.models.config import get_config
-from scalinglab.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RESOLVED_CONFIG, SUMMARY_FILE, read_metrics
+from scalinglab.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    RESOLVED_CONFIG,
+    SUMMARY_FILE,
+    read_metrics,
+)
 from scalinglab.train import checkpoint as ckpt_lib
 from scalinglab.train import memory
 from scalinglab.train import metrics as metrics_lib
@@ -56,6 +65,7 @@ RUN_DIR_FILES = (
     "tb",
     "lock.json",
     "config.yaml",
+    LOG_FILE,
 )
 
 
@@ -270,6 +280,7 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
     from scalinglab.outdir import run_started
     from scalinglab.train.identity import check_resume
 
+    started_at = time.time()  # unix seconds: this process took the run (summary.json's started_at)
     run_dir = Path(cfg.out)
     if (run_dir / SUMMARY_FILE).exists() and cfg.resume:  # finished while we waited for the lock
         return read_json(run_dir / SUMMARY_FILE)
@@ -340,7 +351,7 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
         if start.extra.get("data") is not None:
             it.set_global_state(start.extra["data"])
         with quiet_background_errors():  # a full disk: one DiskFull here, not orbax's thread tracebacks
-            summary = _run(cfg, program, start, it, ckpt, evaluate, progress, epochs)
+            summary = _run(cfg, program, start, it, ckpt, evaluate, progress, epochs, started_at)
     finally:
         ckpt.close()
         it.close()
@@ -389,9 +400,11 @@ def _run(
     evaluate: Callable[[Any], float],
     progress: bool | None,
     epochs: float,
+    started_at: float,
 ) -> dict[str, Any]:
     """Steps ``start.step + 1 … total``: train, log, evaluate, checkpoint; the summary when complete
-    (``epochs``: passes over the train split, recorded in it)."""
+    (``epochs``: passes over the train split, recorded in it; ``started_at``: unix seconds at which
+    this process took the run, recorded with ``finished_at`` and the ``host`` it ran on)."""
     model_cfg, batch_sh, train_step = program.model_cfg, program.batch_sharding, program.train_step
     state, extra, start_step = start.state, start.extra, start.step
     total_steps = cfg.total_steps()
@@ -532,6 +545,9 @@ def _run(
         "batch_size": cfg.batch_size,
         "seq_len": cfg.seq_len,
         "epochs": epochs,
+        "started_at": started_at,
+        "finished_at": time.time(),
+        "host": socket.gethostname(),
     }
     if is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)

@@ -37,11 +37,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scalinglab.errors import UserError, stop_if_signalled
+from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.rundir import RESOLVED_CONFIG, SUMMARY_FILE, SWEEP_FILE, finite_or
+from scalinglab.rundir import RESOLVED_CONFIG, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
+from scalinglab.train.executor import Dispatcher, Executor, LocalExecutor, RunTask, check_only
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule
@@ -213,6 +214,8 @@ def run_sweep(
     lr_grid: Sequence[float] = DEFAULT_LR_GRID,
     extend_grid: int = 0,
     train_fn: Callable[[TrainConfig], dict[str, Any]] | None = None,
+    executor: Executor | None = None,
+    only: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
     force: bool = False,
@@ -220,7 +223,10 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Train (or resume, or skip) every run of the sweep into ``out``; returns ``sweep.json``'s content.
 
-    ``train_fn`` defaults to :func:`scalinglab.train.loop.train`. A sweep dir may be continued with
+    Runs go through :class:`scalinglab.train.executor.Dispatcher`: ``executor`` (default: in this
+    process with ``train_fn``, :func:`scalinglab.train.loop.train`) trains the whole LR × batch grid
+    as one batch, then each round of grid extensions. ``only``: train just these runs (subdir names);
+    a batch size with runs left unfinished gets no best run yet. A sweep dir may be continued with
     more batch sizes, but not with different shared settings (model, data, tokens, lr rule...).
     ``extend_grid`` (grid rule only): up to that many extra runs per batch size beyond an edge optimum.
     ``cadence``: ``log_every``, ``eval_every``, ``checkpoint_every`` for :func:`plan_sweep`.
@@ -269,6 +275,8 @@ def run_sweep(
         if base.warmup is None and isinstance(old.get("warmup"), int):
             base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
     runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out, **cadence)
+    listed = [k for grid in meta["grid"].values() if isinstance(grid, dict) for k in grid]
+    selected = check_only(only, [r.subdir for r in runs] + listed, "sweep")
     if train_fn is None:
         check_all_fit(runs)  # every batch size before training any, before writing anything
     mark_out_dir(out, "batch-sweep", ours)
@@ -283,48 +291,64 @@ def run_sweep(
     atomic_write_json(meta_path, meta)
     if resolved_config is not None:
         write_config_file(out / RESOLVED_CONFIG, resolved_config)
-
-    if train_fn is None:
-        from scalinglab.train.loop import train as train_fn  # heavy import only when training
     log = log or (lambda msg: None)
+    dispatcher = Dispatcher(executor or LocalExecutor(train_fn), tag="batch-sweep", log=log, only=selected)
 
-    def train_one(r: SweepRun) -> dict[str, Any]:
-        summary_path = Path(r.config.out) / SUMMARY_FILE
-        if summary_path.exists():
-            log(f"[batch-sweep] {r.subdir}: finished, skipped")
-            return read_json(summary_path)
-        state = "resuming" if Path(r.config.out).exists() else "training"
-        log(
-            f"[batch-sweep] {r.subdir}: {state} (B={r.batch_size}, lr={r.lr:.4g}, "
-            f"{r.config.total_steps()} steps, warmup {r.config.warmup})"
-        )
-        summary = train_fn(r.config)
-        stop_if_signalled(summary, f"batch-sweep run {r.subdir}")  # never start the next run after a signal
-        if summary.get("status") != "complete":
+    def task(r: SweepRun) -> RunTask:
+        c = r.config
+        detail = f"B={r.batch_size}, lr={r.lr:.4g}, {c.total_steps()} steps, warmup {c.warmup}"
+        flops = c.total_steps() * c.tokens_per_step * train_flops_per_token(c)
+        return RunTask(name=r.subdir, config=c, flops=flops, label="[batch-sweep]", detail=detail)
+
+    def train_all(group: Sequence[SweepRun]) -> list[dict[str, Any] | None]:
+        try:
+            return dispatcher.run([task(r) for r in group])
+        except UserError:
             atomic_write_json(meta_path, meta)
-            raise UserError(f"run {r.subdir} stopped ({summary.get('status')}); rerun batch-sweep to resume")
-        return summary
+            raise
 
     by_batch: dict[int, list[SweepRun]] = {}
     for r in runs:
         by_batch.setdefault(r.batch_size, []).append(r)
-    for b, group in by_batch.items():
-        results = {r.subdir: (train_one(r), r.lr) for r in group}
-        for _ in range(extend_grid if lr_rule == "grid" else 0):
-            lr_next = edge_extension({lr: _final_eval(summ) for summ, lr in results.values()})
+    results = dict(zip((r.subdir for r in runs), train_all(runs)))  # the whole grid at once
+    lrs = {r.subdir: r.lr for r in runs}
+    for _ in range(extend_grid if lr_rule == "grid" else 0):
+        added = []
+        for b, group in by_batch.items():
+            mine = {r.subdir: results[r.subdir] for r in group}
+            if any(v is None for v in mine.values()):
+                continue  # runs left to other drivers (--only)
+            lr_next = edge_extension({lrs[k]: _final_eval(v) for k, v in mine.items()})
             if lr_next is None:
-                break
+                continue
             r = sweep_run(base, b, lr_next, out=out, warmup=warmup, grid=True, **cadence)
             log(f"[batch-sweep] B={b}: best lr at the edge of the grid, extending it to {lr_next:.4g}")
             meta["grid"][str(b)][r.subdir] = r.lr
             extended = meta["extended"].setdefault(str(b), [])
             if r.lr not in extended:
                 extended.append(r.lr)
-            atomic_write_json(meta_path, meta)
-            results[r.subdir] = (train_one(r), r.lr)
-        best = min(results, key=lambda k: _final_eval(results[k][0]))
-        meta["runs"][str(b)] = best
-        meta["lr"][str(b)] = results[best][1]
-        meta["candidates"][str(b)] = {k: v[0].get("final_eval_loss") for k, v in results.items()}
+            group.append(r)
+            lrs[r.subdir] = r.lr
+            added.append(r)
+        if not added:
+            break
         atomic_write_json(meta_path, meta)
+        results.update(zip((r.subdir for r in added), train_all(added)))
+    for b, group in by_batch.items():
+        mine = {r.subdir: results[r.subdir] for r in group}
+        if any(v is None for v in mine.values()):
+            continue
+        best = min(mine, key=lambda k: _final_eval(mine[k]))
+        meta["runs"][str(b)] = best
+        meta["lr"][str(b)] = lrs[best]
+        meta["candidates"][str(b)] = {k: v.get("final_eval_loss") for k, v in mine.items()}
+    atomic_write_json(meta_path, meta)
     return meta
+
+
+def train_flops_per_token(cfg: TrainConfig) -> int:
+    """Training FLOPs per token of the model ``cfg`` trains (exact matmul count, at its seq_len)."""
+    from scalinglab.models import accounting
+    from scalinglab.models.config import get_config
+
+    return accounting.train_flops_per_token(get_config(cfg.preset, cfg.overrides), cfg.seq_len)

@@ -9,6 +9,7 @@ from typing import Any
 
 from scalinglab.cli import emit_json
 from scalinglab.train.config import TrainConfig, validate
+from scalinglab.train.executor import ExecutorOptions, make_executor
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.sweep import DEFAULT_LR_GRID, DEFAULT_LR_RULE, LR_RULES, run_sweep
 
@@ -75,6 +76,7 @@ SCHEMA = Schema(
             "gns": "skip the in-loop gradient-noise-scale statistics (no B_simple)",
         },
     ),
+    Part(ExecutorOptions, section="sweep"),
 )
 
 
@@ -86,21 +88,25 @@ def settings(args: argparse.Namespace) -> tuple[TrainConfig, SweepOptions]:
 
 def _handler(args: argparse.Namespace) -> int:
     base, opts = settings(args)
-    meta = run_sweep(
-        base,
-        opts.batch_sizes,
-        out=opts.out,
-        lr_rule=opts.lr_rule,
-        base_batch=opts.base_batch,
-        lr_grid=opts.lr_grid,
-        extend_grid=opts.extend_grid,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        log_every=opts.log_every,
-        eval_every=opts.eval_every,
-        checkpoint_every=opts.checkpoint_every,
-        resolved_config=SCHEMA.dump(opts, base),
-        force=opts.force,
-    )
+    how: ExecutorOptions = SCHEMA.build(ExecutorOptions, SCHEMA.values(args))
+    with make_executor(how) as executor:
+        meta = run_sweep(
+            base,
+            opts.batch_sizes,
+            out=opts.out,
+            lr_rule=opts.lr_rule,
+            base_batch=opts.base_batch,
+            lr_grid=opts.lr_grid,
+            extend_grid=opts.extend_grid,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            log_every=opts.log_every,
+            eval_every=opts.eval_every,
+            checkpoint_every=opts.checkpoint_every,
+            resolved_config=SCHEMA.dump(opts, base),
+            force=opts.force,
+            executor=executor,
+            only=how.only,
+        )
     if args.json:
         emit_json(meta)
     else:
