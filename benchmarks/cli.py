@@ -17,6 +17,7 @@ BENCHMARKS = {
     "train_throughput": "scalinglab.benchmarks.train_throughput",
     "chinchilla_fit": "scalinglab.benchmarks.chinchilla_fit",
     "prepare_throughput": "scalinglab.benchmarks.prepare_throughput",
+    "host_sync": "scalinglab.benchmarks.host_sync",
 }
 
 

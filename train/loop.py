@@ -48,6 +48,7 @@ from scalinglab.train import checkpoint as ckpt_lib
 from scalinglab.train import memory
 from scalinglab.train import metrics as metrics_lib
 from scalinglab.train import mfu as mfu_lib
+from scalinglab.train.agree import LaggedAny
 from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.data_feed import ProcessBatches
@@ -100,15 +101,6 @@ class _Preemption:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-
-def _any_process(flag: bool) -> bool:
-    """``flag`` OR-ed over all processes (every process must stop at the same step)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 # ---- model and run config -------------------------------------------------------------
@@ -461,65 +453,84 @@ def _run(
         )
         saved["step"] = step
 
-    window_t0, window_steps = time.perf_counter(), 0
+    window = {"t0": time.perf_counter(), "steps": 0}  # throughput window: its start and steps finished in it
+
+    def finish(done: int, m: dict[str, Any], do_eval: bool) -> None:
+        """Host bookkeeping of step ``done`` from its fetched metrics ``m``: the non-finite check
+        (warning; UserError after ``max_bad_steps``), the log record (with ``eval_loss`` when
+        ``do_eval``: only called so while ``state`` is still that step's state)."""
+        nonlocal last_loss, last_eval, best_eval
+        window["steps"] += 1
+        loss = float(m["loss"])
+        if not bool(m["finite"]):
+            warnings.warn(f"step {done}: non-finite loss or gradient (loss={loss}); update skipped", stacklevel=3)
+            if int(m["bad_streak"]) >= cfg.max_bad_steps:
+                steps = ckpt.all_steps()
+                raise UserError(
+                    f"stopped at step {done}: {cfg.max_bad_steps} consecutive non-finite steps "
+                    f"(loss or gradient NaN/inf); last good checkpoint: "
+                    f"{'step ' + str(steps[-1]) if steps else 'none'} in {run_dir / CHECKPOINT_DIR}"
+                )
+        else:
+            last_loss = loss
+        if not (do_eval or done % cfg.log_every == 0):
+            return
+        elapsed = time.perf_counter() - window["t0"]
+        tokens_per_s = window["steps"] * tokens_per_step / elapsed if elapsed > 0 else None
+        record = {
+            "step": done,
+            "tokens": done * tokens_per_step,
+            "flops": done * tokens_per_step * flops_per_token,
+            "loss": loss,
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "gns_b_simple": float(m["gns_b_simple"]),
+            "gns_g2": float(m["gns_g2"]),
+            "gns_trace": float(m["gns_trace"]),
+            "gns_step": float(m["gns_step"]),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * flops_per_token / peak if (tokens_per_s and peak) else None,
+            "mfu_causal": (tokens_per_s * flops_per_token_causal / peak if (tokens_per_s and peak) else None),
+            "skipped_steps": int(m["skipped"]),
+        }
+        if do_eval:
+            last_eval = evaluate(state["params"])
+            best_eval = last_eval if best_eval is None else min(best_eval, last_eval)
+            record["eval_loss"] = last_eval
+        writer.write(record)
+        writer.progress(done, loss, tokens_per_s)
+        window["t0"], window["steps"] = time.perf_counter(), 0
+
+    # No per-step host sync: a step's metrics (device arrays) are read once the next step has been
+    # dispatched, so the host prepares step k+1 while step k runs. Steps that need their own state
+    # on the host (eval, checkpoint, the last step, a stop) read their metrics at once, before the
+    # next dispatch donates that state. Same records, same warnings and stops as reading every step.
+    stop_vote = LaggedAny()  # multi-process: the stop decision, agreed one step late
+    pending = None  # (step, metrics) dispatched but not yet read
+    done = start_step
     try:
         with _Preemption() as preempt:
             for step in range(start_step, total_steps):
                 local = next(it)
                 batch = jax.make_array_from_process_local_data(batch_sh, np.asarray(local, np.int32))
                 state, m = train_step(state, batch)
-                m = jax.device_get(m)
                 done = step + 1
-                window_steps += 1
-                loss = float(m["loss"])
-                if not bool(m["finite"]):
-                    warnings.warn(
-                        f"step {done}: non-finite loss or gradient (loss={loss}); update skipped", stacklevel=2
-                    )
-                    if int(m["bad_streak"]) >= cfg.max_bad_steps:
-                        steps = ckpt.all_steps()
-                        raise UserError(
-                            f"stopped at step {done}: {cfg.max_bad_steps} consecutive non-finite steps "
-                            f"(loss or gradient NaN/inf); last good checkpoint: "
-                            f"{'step ' + str(steps[-1]) if steps else 'none'} in {run_dir / CHECKPOINT_DIR}"
-                        )
-                else:
-                    last_loss = loss
+                if pending is not None:
+                    finish(pending[0], jax.device_get(pending[1]), False)
+                    pending = None
                 is_last = done == total_steps
-                do_eval = is_last or (cfg.eval_every and done % cfg.eval_every == 0)
-                if do_eval or done % cfg.log_every == 0:
-                    elapsed = time.perf_counter() - window_t0
-                    tokens_per_s = window_steps * tokens_per_step / elapsed if elapsed > 0 else None
-                    record = {
-                        "step": done,
-                        "tokens": done * tokens_per_step,
-                        "flops": done * tokens_per_step * flops_per_token,
-                        "loss": loss,
-                        "lr": float(m["lr"]),
-                        "grad_norm": float(m["grad_norm"]),
-                        "gns_b_simple": float(m["gns_b_simple"]),
-                        "gns_g2": float(m["gns_g2"]),
-                        "gns_trace": float(m["gns_trace"]),
-                        "gns_step": float(m["gns_step"]),
-                        "tokens_per_s": tokens_per_s,
-                        "mfu": tokens_per_s * flops_per_token / peak if (tokens_per_s and peak) else None,
-                        "mfu_causal": (
-                            tokens_per_s * flops_per_token_causal / peak if (tokens_per_s and peak) else None
-                        ),
-                        "skipped_steps": int(m["skipped"]),
-                    }
-                    if do_eval:
-                        last_eval = evaluate(state["params"])
-                        best_eval = last_eval if best_eval is None else min(best_eval, last_eval)
-                        record["eval_loss"] = last_eval
-                    writer.write(record)
-                    writer.progress(done, loss, tokens_per_s)
-                    window_steps = 0
-                if is_last or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                do_eval = bool(is_last or (cfg.eval_every and done % cfg.eval_every == 0))
+                do_save = bool(is_last or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
+                stop = not is_last and stop_vote(preempt.requested)
+                if not (do_eval or do_save or stop):
+                    pending = (done, m)
+                    continue
+                finish(done, jax.device_get(m), do_eval)
+                if do_save:
                     save(done)
-                if window_steps == 0:  # throughput windows exclude eval and checkpoint time
-                    window_t0 = time.perf_counter()
-                if not is_last and _any_process(preempt.requested):
+                if window["steps"] == 0:  # throughput windows exclude eval and checkpoint time
+                    window["t0"] = time.perf_counter()
+                if stop:
                     save(done)
                     ckpt.wait()
                     status = "preempted"
