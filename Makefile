@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -m "not slow"
 # sync installs all recorded extras, so a later `make venv` keeps them.
 SYNC = "$(UV)" sync --frozen --python 3.11 $$(sed 's/^/--extra /' $(VENV)/.extras 2>/dev/null)
 
-.PHONY: venv venv-tpu venv-cuda demo demo-synthetic test test-all bench lint tensorboard readme clean
+.PHONY: venv venv-tpu venv-cuda venv-ray demo demo-synthetic test test-all bench lint tensorboard readme clean
 
 venv: $(VENV)/.installed
 
@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	$(SYNC)
 	@touch $@
 
-# libtpu (TPU VMs, and `scalinglab aot` on any host) / CUDA 12 jax plugin, pinned in uv.lock.
-venv-tpu venv-cuda: venv
+# libtpu (TPU VMs, and `scalinglab aot` on any host) / CUDA 12 jax plugin / Ray (`--executor ray`), pinned in uv.lock.
+venv-tpu venv-cuda venv-ray: venv
 	@grep -qx $(@:venv-%=%) $(VENV)/.extras 2>/dev/null || echo $(@:venv-%=%) >> $(VENV)/.extras
 	$(SYNC)
 	@touch $(VENV)/.installed
@@ -54,7 +54,7 @@ tensorboard: venv
 	"$(UV)" run --frozen --python 3.11 --extra tensorboard tensorboard --logdir $(LOGDIR)
 
 # README.md is assembled from docs/readme/*.md (each part owns its section).
-README_PARTS := intro models data corpus train scaling critical_batch ladder accelerators reliability
+README_PARTS := intro models data corpus train scaling critical_batch ladder executors accelerators reliability
 readme:
 	cat $(foreach p,$(README_PARTS),docs/readme/$(p).md) > README.md
 

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ class RayExecutor(Executor):
             if self.address is None:
                 kwargs["num_cpus"] = os.cpu_count() or 1
             try:
-                ray.init(address=self.address, **kwargs)
+                with warnings.catch_warnings():  # Ray starts its processes with fork + exec: no JAX state is shared
+                    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                    ray.init(address=self.address, **kwargs)
             except ConnectionError as e:
                 raise UserError(f"--ray-address {self.address}: cannot connect ({e})") from None
             self._started_here = True

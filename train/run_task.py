@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 
 EXIT_HELD = 75  # EX_TEMPFAIL: try again later
-PARENT_POLL_S = 0.5
+PARENT_POLL_S = 0.2
 
 
 def _stop_with_parent() -> None:
