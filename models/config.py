@@ -38,6 +38,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # μP base width (d_model of the model whose lr is transferred; see scalinglab.models.mup); 0 → standard
+    mup_base_width: int = 0
 
     def __post_init__(self) -> None:
         validate(self)  # every ModelConfig (presets, --set, replace, from_dict) is buildable
@@ -78,7 +80,12 @@ class ModelConfig:
         return dataclasses.replace(self, n_kv_head=self.kv_heads, d_ff=self.ff_dim, tie_embeddings=self.tied)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.resolved())
+        """Every field, family defaults resolved; ``mup_base_width`` only when μP is on, so the
+        config of a standard-parameterisation model reads exactly as before μP existed."""
+        d = dataclasses.asdict(self.resolved())
+        if not d["mup_base_width"]:
+            del d["mup_base_width"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
@@ -114,6 +121,13 @@ def validate(cfg: ModelConfig) -> ModelConfig:
         raise UserError(f"n_kv_head={cfg.kv_heads} does not divide n_head={cfg.n_head}")
     if cfg.family == "gpt2" and cfg.kv_heads != cfg.n_head:
         raise UserError("grouped-query attention (n_kv_head < n_head) is only in the modern family")
+    if cfg.mup_base_width < 0:
+        raise UserError(f"mup_base_width must be positive (or 0: no μP), got {cfg.mup_base_width}")
+    if cfg.mup_base_width and (cfg.family != "modern" or cfg.tied):
+        raise UserError(
+            f"μP (mup_base_width) is implemented for the modern family with an untied head only, not {cfg.family}"
+            + (" with tied embeddings" if cfg.family == "modern" else "")
+        )
     if cfg.family == "modern" and cfg.head_dim % 2:
         raise UserError(f"RoPE needs an even head_dim, got d_model/n_head={cfg.head_dim}")
     return cfg

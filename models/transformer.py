@@ -8,7 +8,9 @@
   residual output projections (attention out, MLP out) N(0, init_std/sqrt(2·n_layer)),
   biases 0, norm scales 1.
 * ``modern`` family: RoPE, RMSNorm, SwiGLU MLP, no biases, untied head,
-  grouped-query attention when ``n_kv_head < n_head``. Same init rule.
+  grouped-query attention when ``n_kv_head < n_head``. Same init rule, or μP when
+  ``mup_base_width`` is set (:mod:`scalinglab.models.mup`: hidden init std × m^-1/2, logits × 1/m,
+  attention logits / head_dim; m = d_model / mup_base_width).
 
 Parameters are always float32; ``dtype`` is the compute dtype (e.g. bfloat16).
 Normalisation statistics, softmax and the final logits are float32.
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scalinglab.models import mup
 from scalinglab.models.config import ModelConfig
 
 Dtype = Any
@@ -46,6 +49,13 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
+
+
+def _hidden_stds(cfg: ModelConfig) -> tuple[float, float]:
+    """Init std of a block's input projections and of its residual output projections (GPT-2's
+    1/sqrt(2·n_layer)), both × m^-1/2 under μP."""
+    std = cfg.init_std * mup.hidden_init_scale(cfg)
+    return std, std / math.sqrt(2 * cfg.n_layer)
 
 
 def _normal(std: float):
@@ -140,7 +150,7 @@ class Attention(nnx.Module):
     ):
         D, N, K, H = cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim
         bias = cfg.use_bias
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        std, out_std = _hidden_stds(cfg)
         kw = dict(dtype=dtype, rngs=rngs)
         self.q = _dense(
             "BTD,DNH->BTNH",
@@ -181,13 +191,14 @@ class Attention(nnx.Module):
         self.use_rope = not cfg.learned_positions
         self.rope_theta = cfg.rope_theta
         self.attention_impl = attention_impl
+        self.scale = mup.attention_scale(cfg)  # None: 1/sqrt(head_dim)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         q_BTNH, k_BTKH, v_BTKH = self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)
         if self.use_rope:
             q_BTNH, k_BTKH = rope(q_BTNH, self.rope_theta), rope(k_BTKH, self.rope_theta)
         out_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=self.attention_impl
+            q_BTNH, k_BTKH, v_BTKH, scale=self.scale, is_causal=True, implementation=self.attention_impl
         )
         return self.o(out_BTNH)
 
@@ -198,7 +209,7 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
         D, F = cfg.d_model, cfg.ff_dim
         bias = cfg.use_bias
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        std, out_std = _hidden_stds(cfg)
         kw = dict(dtype=dtype, rngs=rngs)
         self.gated = cfg.family != "gpt2"
         self.up = _dense("BTD,DF->BTF", (D, F), ("embed", "mlp"), (F,) if bias else None, ("mlp",), std=std, **kw)
@@ -308,6 +319,9 @@ class Transformer(nnx.Module):
         for block in self.blocks:
             x_BTD = apply(block, x_BTD)
         h_BTD = self.ln_f(x_BTD).astype(self.dtype)
+        out_mult = mup.output_multiplier(self.cfg)
+        if out_mult is not None:  # μP readout: logits × 1/m (elementwise, no matmul)
+            h_BTD = h_BTD * jnp.asarray(out_mult, self.dtype)
         if self.cfg.tied:
             head_VD = self.wte.embedding[...].astype(self.dtype)
             return jnp.einsum("BTD,VD->BTV", h_BTD, head_VD, preferred_element_type=jnp.float32)

@@ -37,6 +37,8 @@ from scalinglab.train.sweep import edge_extension
 
 # The model fields a planned config pins (every architecture size; the family comes from the preset).
 _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "n_ctx", "vocab_size", "tie_embeddings")
+# Pinned too, only present in a config under μP (absent = 0: the standard parameterisation).
+_MUP_FIELD = "mup_base_width"
 
 
 def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> TrainConfig:
@@ -48,7 +50,7 @@ def train_config_for(run: PlannedRun, out_dir: Path, **train_kwargs: Any) -> Tra
     return TrainConfig(
         name=run.name,
         preset=f"{cfg['family']}-tiny",
-        overrides={k: cfg[k] for k in _MODEL_FIELDS},
+        overrides={k: cfg[k] for k in (*_MODEL_FIELDS, _MUP_FIELD) if k in cfg},
         seq_len=run.seq_len,
         batch_size=run.batch_size,
         steps=run.steps,
@@ -90,6 +92,8 @@ def check_plan_compatible(out_dir: Path, runs: Sequence[PlannedRun]) -> None:
         saved_model = saved.get("model", {})
         planned = run.config.to_dict()
         diff = [k for k in _MODEL_FIELDS if k in saved_model and saved_model[k] != planned[k]]
+        if saved_model.get(_MUP_FIELD, 0) != planned.get(_MUP_FIELD, 0):
+            diff.append(_MUP_FIELD)
         saved_steps = saved.get("train", {}).get("steps")
         if diff or (saved_steps is not None and saved_steps != run.steps):
             what = ", ".join(diff) if diff else "steps"

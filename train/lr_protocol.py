@@ -10,8 +10,13 @@ Protocols (``LadderSpec.lr_protocol``):
   fit such laws; a single lr for a 100× range of N biases the compute-optimal exponent).
 * ``fixed``: ``lr`` for every run, warmup 5 % of each run and β2 0.95 (older papers' protocol:
   Kaplan et al. 2020, Hoffmann et al. 2022 used one lr schedule family across sizes).
+* ``mup`` (``modern`` family only): every model in μP (Yang et al. 2022, :mod:`scalinglab.models.mup`)
+  with base width ``mup_base_width`` (0: the smallest ladder model's d_model); ``lr`` is the base
+  learning rate, tuned at the base width, and transfers: embeddings, head and norms train at ``lr``,
+  hidden matrices at ``lr``·base/d_model. Width only: the ladder's depth grows too, and μP does not
+  cover depth.
 
-β2 and warmup under ``search`` follow Porian et al. (2024): warmup as many tokens as the model
+β2 and warmup under ``search`` and ``mup`` follow Porian et al. (2024): warmup as many tokens as the model
 has parameters (their fix for the long fixed warmup that penalised small models), and a larger AdamW
 β2 at small batches (they found the usual 0.95 clearly suboptimal there): 0.99 below
 ``SMALL_BATCH`` sequences, 0.95 above.
@@ -27,7 +32,7 @@ import numpy as np
 from scalinglab.errors import UserError
 from scalinglab.scaling.powerlaw import fit_loglinear
 
-PROTOCOLS = ("search", "fixed")
+PROTOCOLS = ("search", "fixed", "mup")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, around LadderSpec.lr
 SMALL_BATCH = 256  # sequences: below this, β2 = 0.99 (Porian et al. 2024)
 FIXED_WARMUP_FRACTION = 0.05
@@ -42,6 +47,16 @@ def porian_beta2(batch_size: int) -> float:
 def porian_warmup(n_params: int, tokens_per_step: int, steps: int) -> int:
     """Warmup steps: N tokens (``n_params`` parameters), at least 1, at most a quarter of the run."""
     return int(min(max(1, math.ceil(n_params / tokens_per_step)), max(1, int(MAX_WARMUP_FRACTION * steps))))
+
+
+def mup_lr_source(lr: float, base_width: int) -> str:
+    """Where a μP run's learning rate comes from, in words (the same for every run of a ladder)."""
+    b = base_width
+    return (
+        f"muP (Yang et al. 2022): base lr {lr:g} (--lr) at base width d_model={b}, transferred; hidden "
+        f"matrices train at lr x {b}/d_model (init std x sqrt({b}/d_model), logits x {b}/d_model, "
+        "attention 1/head_dim), embeddings, head and norms at lr"
+    )
 
 
 def fixed_warmup(steps: int) -> int:

@@ -12,8 +12,9 @@ so the planned compute of each run equals its budget up to rounding D to whole s
 
 Hyperparameters per size follow ``lr_protocol`` (:mod:`scalinglab.train.lr_protocol`): under
 ``search`` (default) the ladder runs' learning rate is left pending (``lr`` None) and
-:func:`plan_lr_search` lists the search runs that will set it; every run records where each of its
-hyperparameters came from (``hparams``).
+:func:`plan_lr_search` lists the search runs that will set it; under ``mup`` every model config is
+in μP with the ladder's base width and ``lr`` is the base learning rate; every run records where each
+of its hyperparameters came from (``hparams``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalinglab.errors import UserError
-from scalinglab.models import accounting
+from scalinglab.models import accounting, mup
 from scalinglab.models.config import ModelConfig
 from scalinglab.models.ladder import ladder_config
 from scalinglab.rundir import LR_SEARCH_DIR
@@ -65,8 +66,13 @@ class LadderSpec:
         "search",
         "search (default): an lr grid at the smallest budget for a few sizes, then "
         "a fitted lr_opt(N) for every run, warmup = N tokens and beta2 0.99 at small batches "
-        "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run",
+        "(Porian et al. 2024); fixed: --lr, --warmup-frac and beta2 0.95 for every run; "
+        "mup (--family modern): muP models (Yang et al. 2022), --lr tuned at --mup-base-width transfers "
+        "to every width, warmup and beta2 as search",
         choices=lrp.PROTOCOLS,
+    )
+    mup_base_width: int = option(
+        0, "muP base width: the d_model at which --lr was tuned (--lr-protocol mup; 0 = the smallest run's d_model)"
     )
     lr_grid: tuple[float, ...] = option(lrp.DEFAULT_LR_GRID, "lr factors x --lr tried per searched size")
     lr_search_extend: int = option(
@@ -139,7 +145,7 @@ def _size_name(n: int) -> str:
 
 
 def _config_for(spec: LadderSpec, n_target: float) -> ModelConfig:
-    return ladder_config(
+    cfg = ladder_config(
         spec.family,
         n_non_embedding=max(n_target, spec.min_size),
         aspect_ratio=spec.aspect_ratio,
@@ -147,6 +153,28 @@ def _config_for(spec: LadderSpec, n_target: float) -> ModelConfig:
         n_ctx=spec.seq_len,
         vocab_size=spec.vocab_size,
     )
+    return dataclasses.replace(cfg, mup_base_width=spec.mup_base_width) if spec.lr_protocol == "mup" else cfg
+
+
+def _mup_spec(spec: LadderSpec) -> LadderSpec:
+    """``spec`` with its μP base width resolved (0 → d_model of the smallest target size); refuses a
+    family μP does not support, and a base width without ``--lr-protocol mup``."""
+    if spec.lr_protocol != "mup":
+        if spec.mup_base_width:
+            raise UserError(f"--mup-base-width needs --lr-protocol mup (got {spec.lr_protocol})")
+        return spec
+    if spec.family not in mup.SUPPORTED_FAMILIES:
+        raise UserError(
+            f"--lr-protocol mup supports --family {', '.join(mup.SUPPORTED_FAMILIES)} only (untied head), "
+            f"not {spec.family}"
+        )
+    if spec.mup_base_width < 0:
+        raise UserError(f"--mup-base-width must be a positive d_model (or 0), got {spec.mup_base_width}")
+    if spec.mup_base_width:
+        return spec
+    targets = [t for b in spec.budgets for t in isoflop_sizes(spec, b)] if spec.plan == "isoflop" else spec.sizes
+    base = dataclasses.replace(spec, lr_protocol="fixed")
+    return dataclasses.replace(spec, mup_base_width=_config_for(base, min(targets)).d_model)
 
 
 def _run(spec: LadderSpec, cfg: ModelConfig, n_tokens: float, budget: float, name: str) -> PlannedRun:
@@ -160,7 +188,16 @@ def _run(spec: LadderSpec, cfg: ModelConfig, n_tokens: float, budget: float, nam
             f"(need ≥ {MIN_STEPS}); raise the budget or lower --batch-size/--seq-len"
         )
     n = int(counts["non_embedding"])
-    if spec.lr_protocol == "fixed":
+    if spec.lr_protocol == "mup":
+        warmup = lrp.porian_warmup(n, tokens_per_step, steps)
+        lr, beta2 = spec.lr, lrp.porian_beta2(spec.batch_size)
+        hparams = (
+            ("lr", lrp.mup_lr_source(spec.lr, spec.mup_base_width)),
+            ("warmup", "Porian et al. 2024: N tokens (at most a quarter of the run)"),
+            ("beta2", f"Porian et al. 2024: 0.99 below {lrp.SMALL_BATCH} sequences per batch, else 0.95"),
+            ("batch_size", "fixed: --batch-size"),
+        )
+    elif spec.lr_protocol == "fixed":
         warmup = max(1, int(round(spec.warmup_frac * steps)))
         lr, beta2 = spec.lr, 0.95
         hparams = (
@@ -246,6 +283,7 @@ def plan_ladder(spec: LadderSpec) -> list[PlannedRun]:
         if value < 1:
             raise UserError(f"{flag} must be a positive integer, got {value}")
 
+    spec = _mup_spec(spec)
     runs: list[PlannedRun] = []
     seen: set[str] = set()
     if spec.plan == "isoflop":

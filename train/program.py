@@ -112,7 +112,7 @@ def _lowered_parts(
     batch_sh = sharding.batch_sharding(mesh)
 
     schedule = schedule_from_config(cfg)
-    optimizer = optimizer_from_config(cfg, schedule)
+    optimizer = optimizer_from_config(cfg, schedule, model_cfg)
     rng_data = np.asarray(jax.random.key_data(jax.random.key(cfg.seed)))
 
     def init_state():

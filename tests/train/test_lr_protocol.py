@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from scalinglab.cli import main
 from scalinglab.errors import UserError
 from scalinglab.fileio import atomic_write_json, read_json
-from scalinglab.models import accounting
-from scalinglab.models.config import ModelConfig
+from scalinglab.models import accounting, mup
+from scalinglab.models.config import ModelConfig, get_config
 from scalinglab.train import lr_protocol as lrp
-from scalinglab.train.ladder import run_ladder
+from scalinglab.train.ladder import run_ladder, train_config_for
 from scalinglab.train.plan import LadderSpec, plan_ladder, plan_lr_search
 
 SPEC = LadderSpec(
@@ -163,3 +166,47 @@ def test_search_grid_is_extended_beyond_an_edge_optimum(tmp_path):
     without = FakeTrain()
     run_ladder(runs, tmp_path / "no", search_runs=search, train_fn=without, log=lambda s: None)
     assert any(s["at_edge"] for s in read_json(tmp_path / "no" / "lr_search" / "lr_search.json")["sizes"])
+
+
+MUP_SPEC = dataclasses.replace(SPEC, family="modern", lr_protocol="mup")
+
+
+def test_mup_plan_transfers_base_lr_and_records_it():
+    runs = plan_ladder(MUP_SPEC)
+    fixed = plan_ladder(dataclasses.replace(MUP_SPEC, lr_protocol="fixed"))
+    base = min(r.config.d_model for r in runs)  # default base width: the smallest model's d_model
+    assert plan_lr_search(MUP_SPEC, runs) == []  # no search runs: the base lr transfers
+    assert [r.name for r in runs] == [r.name for r in fixed]
+    for r, f in zip(runs, fixed):
+        assert r.config.mup_base_width == base and r.lr == MUP_SPEC.lr and r.beta2 == 0.99
+        assert dataclasses.replace(r.config, mup_base_width=0) == f.config  # same architecture
+        counts = (r.non_embedding, r.total, r.train_flops_per_token)
+        assert counts == (f.non_embedding, f.total, f.train_flops_per_token)
+        assert r.warmup == lrp.porian_warmup(r.non_embedding, r.batch_size * r.seq_len, r.steps)
+        src = r.to_dict()["hparams"]["lr"]
+        assert f"base lr {MUP_SPEC.lr:g}" in src and f"d_model={base}" in src and "Yang et al. 2022" in src
+        cfg = train_config_for(r, Path("/tmp/ladder"))
+        assert get_config(cfg.preset, cfg.overrides) == r.config.resolved()  # it trains the planned μP model
+    wide = max(runs, key=lambda r: r.config.d_model)
+    assert mup.lr_factors(wide.config)["hidden"] == pytest.approx(base / wide.config.d_model)
+    explicit = plan_ladder(dataclasses.replace(MUP_SPEC, mup_base_width=256))
+    assert {r.config.mup_base_width for r in explicit} == {256}
+
+
+def test_mup_refused_where_unsupported():
+    with pytest.raises(UserError, match="--lr-protocol mup supports --family modern only"):
+        plan_ladder(dataclasses.replace(MUP_SPEC, family="gpt2"))
+    with pytest.raises(UserError, match="--mup-base-width needs --lr-protocol mup"):
+        plan_ladder(dataclasses.replace(SPEC, mup_base_width=64))
+
+
+def test_mup_cli_dry_run_and_one_line_refusal(tmp_path, capsys):
+    base = ["ladder", "--dry-run", "--budgets", "1e12", "--seq-len", "64", "--batch-size", "8"]
+    base += ["--data-dir", str(tmp_path), "--lr-protocol", "mup"]
+    assert main([*base, "--family", "gpt2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "supports --family modern only" in err and "Traceback" not in err
+    assert main([*base, "--family", "modern", "--mup-base-width", "64", "--lr", "0.01", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan and all(r["config"]["mup_base_width"] == 64 and r["lr"] == 0.01 for r in plan)
+    assert all("base lr 0.01 (--lr) at base width d_model=64" in r["hparams"]["lr"] for r in plan)
