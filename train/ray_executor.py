@@ -18,9 +18,11 @@ installed on every node.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -92,6 +94,33 @@ def train_in_subprocess(config: dict[str, Any]) -> dict[str, Any]:
     if rc in (1, 2):
         raise RunFailed(_last_line(log_path) or f"exit code {rc}")
     raise RunCrashed(f"trainer of {run_dir} ended with code {rc}")
+
+
+STOP_WAIT_S = 150.0  # how long a stopped driver waits for its trainers to end
+
+
+class _Signals:
+    """SIGTERM/SIGINT while Ray tasks run: recorded (``signum``), acted on by the dispatch loop
+    (raising inside Ray's own wait would break it). Previous handlers restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or int(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _import_ray():
@@ -172,27 +201,43 @@ class RayExecutor(Executor):
         inflight: dict[Any, tuple[int, RunTask]] = {}
         limit = self.max_concurrent or len(tasks)
         last_line = time.monotonic()
-        try:
-            while queue or inflight:
-                while queue and len(inflight) < limit:
-                    i, t = queue.pop(0)
-                    board.started(t)
-                    inflight[self._remote.remote(absolute(t.config).to_dict())] = (i, t)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
-                for ref in ready:
-                    i, t = inflight.pop(ref)
-                    results[i] = self._result(ref, t, board)
-                board.running = {t.name for _, t in inflight.values() if live_holder(t.run_dir) is not None}
-                if time.monotonic() - last_line > PROGRESS_EVERY_S:
-                    board.log(board.line())
-                    last_line = time.monotonic()
-        except BaseException as e:
-            for ref in inflight:  # the trainers checkpoint and stop (their tasks see KeyboardInterrupt)
-                ray.cancel(ref)
-            if isinstance(e, KeyboardInterrupt):
-                raise Interrupted(2, "interrupted; the running runs checkpoint and stop; rerun to resume") from None
-            raise
+        with _Signals() as signals:
+            try:
+                while (queue or inflight) and signals.signum is None:
+                    while queue and len(inflight) < limit:
+                        i, t = queue.pop(0)
+                        board.started(t)
+                        inflight[self._remote.remote(absolute(t.config).to_dict())] = (i, t)
+                    ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        i, t = inflight.pop(ref)
+                        results[i] = self._result(ref, t, board)
+                    board.running = {t.name for _, t in inflight.values() if live_holder(t.run_dir) is not None}
+                    if time.monotonic() - last_line > PROGRESS_EVERY_S:
+                        board.log(board.line())
+                        last_line = time.monotonic()
+            finally:
+                if inflight:  # stopped (a signal, a failed run): stop the running runs too
+                    self._stop(inflight, board)
+        if signals.signum is not None:
+            raise Interrupted(
+                signals.signum,
+                f"stopped by signal {signals.signum} (the running runs were stopped); rerun the same command to "
+                "resume them from their newest checkpoints",
+            )
         return [results[i] for i in range(len(tasks))]
+
+    def _stop(self, inflight: dict[Any, tuple[int, RunTask]], board: Board) -> None:
+        """Stop the tasks of ``inflight``: each worker is killed (a cancelled task is not retried) and
+        its trainer with it (Ray ends a dead worker's children; one that outlives it stops itself at its
+        next step); wait (at most STOP_WAIT_S) until no live trainer holds the runs' locks."""
+        board.log(f"[{board.tag}] stopping {len(inflight)} running runs")
+        for ref in inflight:
+            self.ray.cancel(ref, force=True)
+        deadline = time.monotonic() + STOP_WAIT_S
+        dirs = [t.run_dir for _, t in inflight.values()]
+        while time.monotonic() < deadline and any(live_holder(d) is not None for d in dirs):
+            time.sleep(0.5)
 
     def _result(self, ref: Any, task: RunTask, board: Board) -> dict[str, Any] | Held:
         try:

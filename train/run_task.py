@@ -7,9 +7,10 @@ own per run gives every run a fresh JAX (the devices Ray assigned it, its memory
 
 Exit codes: 0 the run completed (``summary.json`` written), 2 bad input (one line on stderr),
 :data:`EXIT_HELD` the run's lock is held by another live trainer, ``128 + N`` stopped by signal N
-after a checkpoint, anything else a crash. When the parent (the Ray worker) dies, the process
-stops itself as if preempted (SIGTERM: checkpoint at the next step, exit), so a killed worker never
-leaves a trainer behind that holds the run's lock.
+after a checkpoint, anything else a crash. When the parent (the Ray worker) dies and this process
+outlives it (Ray usually kills a dead worker's children), it stops itself as if preempted (SIGTERM:
+checkpoint at the next step, exit), so a killed worker never leaves a trainer behind holding the
+run's lock.
 """
 
 from __future__ import annotations
