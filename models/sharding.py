@@ -14,6 +14,8 @@ A batch is split over ``data`` × ``fsdp`` (:func:`batch_spec`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -110,6 +112,40 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _leaf_sharding(x, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "scalinglab_activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, axes: tuple[str, ...] = ("data", "fsdp")):
+    """While a model is traced inside this context, :func:`constrain_batch` pins the batch axis of its
+    activations to the mesh ``axes`` (the training step enters it; outside it the model is unconstrained).
+
+    Without the constraint XLA may follow the weights' ``fsdp`` sharding of ``embed`` instead and
+    keep every activation whole on every device (measured with ``scalinglab aot``: a 4-layer d512
+    model, 64 × 512 tokens on 16 v5e chips with fsdp=16, needed 4.3 GB of temporaries per chip,
+    the logits of the whole batch)."""
+    token = _ACTIVATIONS.set((mesh, tuple(axes)))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """``x`` (``[batch, ...]``) with its batch axis sharded as :func:`activation_sharding` says;
+    unchanged outside that context or when the axes do not divide the batch."""
+    ctx = _ACTIVATIONS.get()
+    if ctx is None:
+        return x
+    mesh, axes = ctx
+    if x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    spec = PartitionSpec(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def batch_spec() -> PartitionSpec:
     """PartitionSpec of a token batch ``[batch, seq]``: batch over ``data``×``fsdp``, sequence whole."""
     return PartitionSpec(("data", "fsdp"), None)
@@ -128,4 +164,6 @@ __all__ = [
     "state_shardings",
     "batch_spec",
     "batch_sharding",
+    "activation_sharding",
+    "constrain_batch",
 ]

@@ -40,6 +40,7 @@ from flax import nnx
 
 from scalinglab.models import mup
 from scalinglab.models.config import ModelConfig
+from scalinglab.models.sharding import constrain_batch
 
 Dtype = Any
 
@@ -316,14 +317,15 @@ class Transformer(nnx.Module):
         apply = _apply_block
         if self.remat != "none":
             apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[self.remat])
+        x_BTD = constrain_batch(x_BTD)  # batch-sharded activations under sharding.activation_sharding
         for block in self.blocks:
-            x_BTD = apply(block, x_BTD)
+            x_BTD = constrain_batch(apply(block, x_BTD))
         h_BTD = self.ln_f(x_BTD).astype(self.dtype)
         out_mult = mup.output_multiplier(self.cfg)
         if out_mult is not None:  # μP readout: logits × 1/m (elementwise, no matmul)
             h_BTD = h_BTD * jnp.asarray(out_mult, self.dtype)
         if self.cfg.tied:
             head_VD = self.wte.embedding[...].astype(self.dtype)
-            return jnp.einsum("BTD,VD->BTV", h_BTD, head_VD, preferred_element_type=jnp.float32)
+            return constrain_batch(jnp.einsum("BTD,VD->BTV", h_BTD, head_VD, preferred_element_type=jnp.float32))
         head_DV = self.lm_head[...].astype(self.dtype)
-        return jnp.einsum("BTD,DV->BTV", h_BTD, head_DV, preferred_element_type=jnp.float32)
+        return constrain_batch(jnp.einsum("BTD,DV->BTV", h_BTD, head_DV, preferred_element_type=jnp.float32))

@@ -326,22 +326,33 @@ class Dispatcher:
         emit: bool = False,
         poll_s: float = POLL_S,
     ):
+        from scalinglab.train.multihost import is_main
+
         self.executor, self.only, self.emit, self.poll_s = executor, only, emit, poll_s
-        self.log = log
-        self.board = Board(tag, log, slots=executor.slots)
+        self.log = log if is_main() else (lambda s: None)  # several processes: process 0 reports
+        self.board = Board(tag, self.log, slots=executor.slots)
 
     def selected(self, name: str) -> bool:
         return self.only is None or name in self.only
 
     def run(self, tasks: Sequence[RunTask]) -> list[dict[str, Any] | None]:
-        """Each task's summary, in order (None: not finished and not selected by ``--only``)."""
+        """Each task's summary, in order (None: not finished and not selected by ``--only``).
+
+        Under several processes, what is finished and what is held is looked at by process 0 and
+        agreed (:func:`scalinglab.train.multihost.agreed`); every process trains the same runs."""
+        from scalinglab.train.multihost import agreed
+
+        def finished(ts: Sequence[RunTask]) -> dict[str, dict[str, Any]]:
+            return {t.name: read_json(t.run_dir / SUMMARY_FILE) for t in ts if is_complete(t.run_dir)}
+
         results: dict[str, dict[str, Any] | None] = {}
         pending: list[RunTask] = []
+        done = agreed(lambda: finished(tasks))
         for t in tasks:
             self.board.expect(t.name, t.steps, t.flops)
-            if is_complete(t.run_dir):
+            if t.name in done:
                 self.board.skipped(t)
-                results[t.name] = read_json(t.run_dir / SUMMARY_FILE)
+                results[t.name] = done[t.name]
             elif not self.selected(t.name):
                 results[t.name] = None
             else:
@@ -351,14 +362,15 @@ class Dispatcher:
         waiting: set[str] = set()
         while pending:
             free, held = [], []
+            done, holders = agreed(lambda ts=pending: (finished(ts), {t.name: live_holder(t.run_dir) for t in ts}))
             for t in pending:
-                if is_complete(t.run_dir):  # its other trainer finished it
-                    results[t.name] = read_json(t.run_dir / SUMMARY_FILE)
+                if t.name in done:  # its other trainer finished it
+                    results[t.name] = done[t.name]
                     self.board.done.add(t.name)
                     self.log(f"{t.label} {t.name}: finished by another trainer".strip())
                     self.log(self.board.line())
                     continue
-                holder = live_holder(t.run_dir)
+                holder = holders[t.name]
                 if holder is None:
                     free.append(t)
                     continue

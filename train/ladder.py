@@ -32,6 +32,7 @@ from scalinglab.train import lr_protocol as lrp
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.executor import Dispatcher, Executor, LocalExecutor, RunTask, check_only
+from scalinglab.train.multihost import agreed, is_main
 from scalinglab.train.plan import LADDER_PRESETS, SEARCH_DIR, LadderPreset, PlannedRun, plan_ladder
 from scalinglab.train.sweep import edge_extension
 
@@ -230,14 +231,10 @@ def run_ladder(
     if any(r.lr is None for r in runs) and not search_runs:
         raise UserError("the ladder's learning rates are pending an lr search, but no search runs were given")
     out_dir = Path(out_dir)
-    ours = check_out_dir(out_dir, "ladder", signature="plan.json", force=force)
-    check_plan_unchanged(out_dir, [*search_runs, *runs], train_kwargs)
-    check_plan_compatible(out_dir, [*search_runs, *runs])
-    selected = check_only(only, _known_names(out_dir, [*search_runs, *runs]), "ladder")
-    _check_search_first(out_dir, runs, search_runs, selected)
-    mark_out_dir(out_dir, "ladder", ours)
-    if resolved_config is not None:
-        write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
+    search_runs = list(search_runs)
+    main = is_main()  # several processes: process 0 checks, decides and writes; the others follow
+    if not main:
+        log = lambda s: None  # noqa: E731
 
     def write_plan(ladder_runs: Sequence[PlannedRun], search: dict | None = None) -> None:
         plan = {
@@ -247,10 +244,26 @@ def run_ladder(
         }
         if search is not None:
             plan["lr_law"] = search["law"]
-        atomic_write_json(out_dir / PLAN_FILE, plan)
+        if main:
+            atomic_write_json(out_dir / PLAN_FILE, plan)
 
-    search_runs = list(search_runs)
-    write_plan(runs)
+    def prepare() -> list[str] | None:
+        """The checks and first writes (process 0); the ``--only`` selection."""
+        ours = check_out_dir(out_dir, "ladder", signature="plan.json", force=force)
+        check_plan_unchanged(out_dir, [*search_runs, *runs], train_kwargs)
+        check_plan_compatible(out_dir, [*search_runs, *runs])
+        selected = check_only(only, _known_names(out_dir, [*search_runs, *runs]), "ladder")
+        _check_search_first(out_dir, runs, search_runs, selected)
+        mark_out_dir(out_dir, "ladder", ours)
+        if resolved_config is not None:
+            write_config_file(out_dir / RESOLVED_CONFIG, resolved_config)
+        write_plan(runs)
+        if search_runs and not (out_dir / SEARCH_DIR / LR_SEARCH_FILE).exists():  # marks the folder at once
+            atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", "status": "running"})
+        return None if selected is None else sorted(selected)
+
+    chosen = agreed(prepare)
+    selected = None if chosen is None else set(chosen)
     dispatcher = Dispatcher(executor or LocalExecutor(train_fn), tag="ladder", log=log, only=selected, emit=emit)
     for r in [*search_runs, *runs]:
         dispatcher.board.expect(r.name, r.steps, r.flops)
@@ -268,8 +281,6 @@ def run_ladder(
             f"lr={run.lr:.3g}",
         )
 
-    if search_runs and not (out_dir / SEARCH_DIR / LR_SEARCH_FILE).exists():  # marks the folder at once
-        atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", "status": "running"})
     search_summaries = dispatcher.run([task(i, r) for i, r in enumerate(search_runs)])
     for _ in range(extend_search if search_runs else 0):
         if any(s is None for s in search_summaries):
@@ -292,9 +303,12 @@ def run_ladder(
                 raise UserError(
                     f"{_listed(pending)} need the lr search first; search runs not finished: {_listed(missing)}"
                 )
-            return [read_json(out_dir / r.name / SUMMARY_FILE) for r in runs if is_complete(out_dir / r.name)]
+            return agreed(
+                lambda: [read_json(out_dir / r.name / SUMMARY_FILE) for r in runs if is_complete(out_dir / r.name)]
+            )
         runs, record = resolve_lrs(runs, search_runs, search_summaries)
-        atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", **record})
+        if main:
+            atomic_write_json(out_dir / SEARCH_DIR / LR_SEARCH_FILE, {"kind": "lr-search", **record})
         for w in record["warnings"]:
             log(f"[ladder] warning: {w}")
         law = record["law"]

@@ -35,6 +35,12 @@ class LadderOptions:
     throughput: float | None = option(None, "FLOP/s used for the time estimate")
     out: str = option("runs/ladder", "ladder directory (one run dir per planned run)")
     allow_repeat: bool = option(False, "let a --ladder-preset run read its dataset more than once (default: refuse)")
+    fit_check: str = option(
+        "auto",
+        "with --ladder-preset, refuse a plan whose largest run does not fit a device: aot (libtpu compile for the "
+        "preset's topology), estimate (analytic bytes), auto (aot when libtpu is installed, not in --dry-run), off",
+        choices=("auto", "aot", "estimate", "off"),
+    )
     force: bool = option(False, "train into an --out that is not a ladder directory (nothing in it is replaced)")
     emit_commands: bool = option(
         False,
@@ -127,6 +133,11 @@ def _check_repeats(opts: LadderOptions, dataset: str, runs, epochs, ds) -> None:
 
 
 def _ladder(args: argparse.Namespace) -> int:
+    from scalinglab.train import distributed
+    from scalinglab.train.multihost import agreed, is_main
+
+    if not args.dry_run:  # several processes (env SCALINGLAB_COORDINATOR..., Cloud TPU): jax.distributed
+        distributed.initialize()
     values = SCHEMA.values(args)
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
     how: ExecutorOptions = SCHEMA.build(ExecutorOptions, values)
@@ -134,7 +145,7 @@ def _ladder(args: argparse.Namespace) -> int:
     if not args.dry_run:  # a bad --out is refused before planning (run_ladder checks again)
         from scalinglab.outdir import check_out_dir
 
-        check_out_dir(opts.out, "ladder", signature="plan.json", force=opts.force)
+        agreed(lambda: check_out_dir(opts.out, "ladder", signature="plan.json", force=opts.force) and None)
     spec, extra = _spec(values, opts)
     if "preset" in extra:  # the preset's dtype, mesh, remat and accumulation, unless given
         values = {**extra["preset"].train_kwargs(), **values}
@@ -153,6 +164,11 @@ def _ladder(args: argparse.Namespace) -> int:
     search = plan_lr_search(spec, runs)
     epochs = run_epochs([*search, *runs], None if ds is None else ds.n_tokens("train"))
     _check_repeats(opts, shared.dataset, [*search, *runs], epochs, ds)
+    if "preset" in extra:
+        from scalinglab.train.fit_check import check_plan_fits
+
+        method = "estimate" if (opts.fit_check == "auto" and args.dry_run) else opts.fit_check
+        check_plan_fits(opts.ladder_preset, extra["preset"], [*search, *runs], shared, method=method)
     flops_per_s = opts.throughput
     if flops_per_s is not None and not (flops_per_s > 0 and math.isfinite(flops_per_s)):
         raise UserError(f"--throughput is FLOP/s and must be positive, got {flops_per_s:g}")
@@ -164,7 +180,7 @@ def _ladder(args: argparse.Namespace) -> int:
         else:
             print(plan_table([*search, *runs], flops_per_s, epochs))
         return 0
-    if not opts.emit_commands:
+    if not opts.emit_commands and is_main():
         print(plan_table([*search, *runs], flops_per_s, epochs), file=sys.stderr)
     from scalinglab.train.ladder import run_ladder
 
@@ -185,6 +201,8 @@ def _ladder(args: argparse.Namespace) -> int:
             )
     except PendingRuns as pending:
         print_commands(opts.out, pending.tasks, search_names={r.name for r in search})
+        return 0
+    if not is_main():
         return 0
     if opts.emit_commands:
         sys.stderr.write(f"{opts.out}: every run is finished, nothing to train\n")

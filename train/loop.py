@@ -301,6 +301,7 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
         seq_len=cfg.seq_len,
         grad_accum=cfg.grad_accum,
         dtype=cfg.dtype,
+        remat=cfg.remat,
         what=f"run {run_dir}",
         shards=1 if cpu else shape["data"] * shape["fsdp"],
         model_shards=1 if cpu else shape["fsdp"] * shape["tensor"],

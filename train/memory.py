@@ -5,10 +5,14 @@ global batch on one host (CPU) or per device (accelerators, divided by the mesh)
 
 * state: every parameter in f32 four times (weights, gradient, AdamW's two moments) = 16·N_total,
   plus a bf16 copy of the weights under ``dtype=bfloat16``;
+  plus one more f32 gradient (4·N_total, the accumulator) under ``grad_accum`` > 1;
 * activations kept for the backward pass, per micro-batch of b sequences of s tokens:
   4·b·s·(n_layer·(16·d_model + 2·d_ff + 2·n_head·s) + 3·vocab) bytes (the residual stream and
   block inputs, the MLP hidden layer, attention scores before and after the softmax, and the
-  logits with their softmax and gradient). A lower bound: XLA adds temporaries.
+  logits with their softmax and gradient). With ``remat="full"`` a block keeps only its input
+  (4·b·s·d_model per layer) and one block at a time holds its full working set; with
+  ``remat="dots"`` the attention scores are recomputed (one block's worth at a time).
+  A lower bound: XLA adds temporaries.
 
 :func:`check_fits` refuses (UserError, exit 2) a run whose estimate exceeds the memory
 available, naming the bytes and the levers (smaller --batch-size, --grad-accum, shorter
@@ -36,17 +40,24 @@ def estimate(
     dtype: str = "float32",
     shards: int = 1,
     model_shards: int = 1,
+    remat: str = "none",
 ) -> dict[str, int]:
     """Bytes of training state and activations (``shards``: data-parallel ways the batch is split,
     ``model_shards``: ways the state is split, fsdp × tensor); see the module doc for the formula."""
     from scalinglab.models import accounting
 
     n_total = int(accounting.param_counts(model_cfg)["total"])
-    state = 16 * n_total + (2 * n_total if dtype == "bfloat16" else 0)
+    state = 16 * n_total + (2 * n_total if dtype == "bfloat16" else 0) + (4 * n_total if grad_accum > 1 else 0)
     cfg = model_cfg.resolved() if hasattr(model_cfg, "resolved") else model_cfg
     micro = max(1, batch_size // max(1, grad_accum))
     d, d_ff, heads = int(cfg.d_model), int(getattr(cfg, "ff_dim", 0) or 4 * cfg.d_model), int(cfg.n_head)
-    per_token = int(cfg.n_layer) * (16 * d + 2 * d_ff + 2 * heads * seq_len) + 3 * int(cfg.vocab_size)
+    n_layer, block, scores = int(cfg.n_layer), 16 * d + 2 * d_ff, 2 * heads * seq_len
+    per_layer = {  # floats per token kept by all layers, plus one block's recomputed working set
+        "none": n_layer * (block + scores),
+        "dots": n_layer * block + scores,
+        "full": n_layer * d + block + scores,
+    }[remat]
+    per_token = per_layer + 3 * int(cfg.vocab_size)
     act = 4 * micro * seq_len * per_token
     state //= max(1, model_shards)
     act //= max(1, shards)
@@ -83,6 +94,7 @@ def check_fits(
     dtype: str = "float32",
     shards: int = 1,
     model_shards: int = 1,
+    remat: str = "none",
     what: str = "this run",
 ) -> dict[str, int]:
     """UserError (exit 2, before anything is written) when the estimate exceeds the memory available."""
@@ -94,6 +106,7 @@ def check_fits(
         dtype=dtype,
         shards=shards,
         model_shards=model_shards,
+        remat=remat,
     )
     limit, where = available_bytes()
     if limit is not None and est["total"] > limit:

@@ -429,6 +429,8 @@ class LadderPreset:
     remat: str = "none"
     grad_accum: int = 1
     topology: str | None = None  # e.g. "v4-32"; None for GPU presets
+    chips: int = 1  # accelerator devices the runs are spread over
+    device_memory_bytes: int = 0  # memory of one device (HBM), bytes
 
     def estimated_seconds(self, runs: Sequence[PlannedRun]) -> float:
         return sum(r.flops for r in runs) / (self.peak_flops_per_s * self.assumed_mfu)
@@ -475,6 +477,7 @@ LADDER_PRESETS: dict[str, LadderPreset] = {
         mesh={"data": 1},
         remat="full",
         grad_accum=2,
+        device_memory_bytes=80 * 10**9,  # H100 SXM: 80 GB HBM3
     ),
     "tpu-v4-32": LadderPreset(
         "Cloud TPU v4-32 slice (16 chips): 3 budgets × 7 sizes, 3e18–3e19 FLOPs per run",
@@ -485,6 +488,8 @@ LADDER_PRESETS: dict[str, LadderPreset] = {
         remat="full",
         grad_accum=8,
         topology="v4-32",
+        chips=16,
+        device_memory_bytes=32 * 2**30,
     ),
     "tpu-v5e-16": LadderPreset(
         "Cloud TPU v5e-16 slice (16 chips): 3 budgets × 7 sizes, 1e18–1e19 FLOPs per run",
@@ -495,5 +500,7 @@ LADDER_PRESETS: dict[str, LadderPreset] = {
         remat="full",
         grad_accum=4,
         topology="v5litepod-16",
+        chips=16,
+        device_memory_bytes=16 * 2**30,
     ),
 }

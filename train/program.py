@@ -158,6 +158,8 @@ def _lowered_parts(
         gns_ema=cfg.gns_ema,
         group_sharding=group_sh,
         has_aux=True,
+        mesh=mesh,
+        params_sharding=params_sh,
     )
     abstract_batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=batch_sh)
     lowered = step_lib.jit_train_step(step_fn, state_sh, batch_sh).lower(abstract_state, abstract_batch)

@@ -19,15 +19,17 @@ Gradient noise scale, small vs big batch (see :mod:`scalinglab.train.gns`):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from scalinglab.models.sharding import activation_sharding
 from scalinglab.train import gns as gns_lib
 
 LossFn = Callable[[Any, Any], jax.Array]
@@ -84,19 +86,32 @@ def make_train_step(
     gns_ema: float = 0.95,
     group_sharding: NamedSharding | None = None,
     has_aux: bool = False,
+    mesh: Mesh | None = None,
+    params_sharding: Any | None = None,
 ) -> Callable[[dict, Any], tuple[dict, dict]]:
     """Build ``step(state, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
 
     ``group_sharding`` (optional) is the sharding of the ``[G, B/G, ...]`` grouped batch,
     e.g. ``P('data', 'fsdp')`` so each group is one data shard. With ``has_aux``, ``loss_fn``
     returns ``(objective, reported_loss)``: gradients of the objective (e.g. with z-loss),
-    the metric ``loss`` is the reported one (e.g. the plain cross-entropy).
+    the metric ``loss`` is the reported one (e.g. the plain cross-entropy). ``mesh`` (optional):
+    the model's activations are batch-sharded on it while traced (``sharding.activation_sharding``).
+    ``params_sharding`` (optional): the accumulated microbatch gradients are kept in it (as the
+    parameters: sharded under fsdp) rather than left to XLA, which may keep them whole per device.
     metrics: loss, grad_norm (before clipping), lr, finite, skipped, gns_g2, gns_trace,
     gns_b_simple, gns_step (the last completed window of ``gns_window`` examples and its centre
     step; ``gns_window`` 0: a bias-corrected EMA with ``gns_ema`` per step; NaN when GNS is off or
     before the first window closes).
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+    def pinned(axes: tuple[str, ...]):
+        """The model's activations batch-sharded over ``axes`` of ``mesh`` while traced (none without a mesh)."""
+        return contextlib.nullcontext() if mesh is None else activation_sharding(mesh, axes)
+
+    def like_params(tree):
+        """``tree`` (params-shaped) constrained to ``params_sharding`` (unchanged without one)."""
+        return tree if params_sharding is None else jax.lax.with_sharding_constraint(tree, params_sharding)
 
     def grad_fn(params, batch):
         value, grads = value_and_grad(params, batch)
@@ -116,20 +131,23 @@ def make_train_step(
             def body(carry, mb):
                 g_sum, loss_sum, sq_sum = carry
                 loss, g = grad_fn(params, mb)
-                g_sum = jax.tree.map(jnp.add, g_sum, g)
+                g_sum = like_params(jax.tree.map(jnp.add, g_sum, like_params(g)))
                 return (g_sum, loss_sum + loss, sq_sum + global_sq_norm(g)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            (g_sum, loss_sum, sq_sum), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), micro)
+            zeros = like_params(jax.tree.map(jnp.zeros_like, params))
+            with pinned(("data", "fsdp")):
+                (g_sum, loss_sum, sq_sum), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), micro)
             grads = jax.tree.map(lambda g: g / n_micro, g_sum)
             return loss_sum / n_micro, grads, sq_sum / n_micro, n_examples / n_micro
         if gns and gns_groups > 1:  # one group per data shard: each device takes its own gradient
             groups = _contiguous_split(batch, gns_groups, group_sharding)
-            losses, group_grads = jax.vmap(grad_fn, in_axes=(None, 0))(params, groups)
+            with pinned(("fsdp",)):  # the group axis is on ``data``, each group's batch on ``fsdp``
+                losses, group_grads = jax.vmap(grad_fn, in_axes=(None, 0))(params, groups)
             sq_small = jnp.mean(jax.vmap(global_sq_norm)(group_grads))
             grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), group_grads)
             return jnp.mean(losses), grads, sq_small, n_examples / gns_groups
-        loss, grads = grad_fn(params, batch)
+        with pinned(("data", "fsdp")):
+            loss, grads = grad_fn(params, batch)
         return loss, grads, jnp.float32(jnp.nan), None
 
     def step(state: dict, batch: Any) -> tuple[dict, dict]:
@@ -203,5 +221,10 @@ def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any) ->
 
 def make_eval_step(loss_fn: LossFn, params_shardings: Any, batch_sharding: Any) -> Callable:
     """jitted ``eval(params, batch) -> mean loss`` with the training shardings."""
-    metric_sharding = NamedSharding(jax.tree.leaves(batch_sharding)[0].mesh, P())
-    return jax.jit(loss_fn, in_shardings=(params_shardings, batch_sharding), out_shardings=metric_sharding)
+    mesh = jax.tree.leaves(batch_sharding)[0].mesh
+
+    def evaluate(params, batch):
+        with activation_sharding(mesh):
+            return loss_fn(params, batch)
+
+    return jax.jit(evaluate, in_shardings=(params_shardings, batch_sharding), out_shardings=NamedSharding(mesh, P()))

@@ -43,6 +43,7 @@ from scalinglab.rundir import RESOLVED_CONFIG, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.executor import Dispatcher, Executor, LocalExecutor, RunTask, check_only
+from scalinglab.train.multihost import agreed, is_main
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
 DEFAULT_LR_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # five factors, 2x apart, centred on the sqrt rule
@@ -239,58 +240,78 @@ def run_sweep(
     from scalinglab.outdir import check_out_dir, mark_out_dir, run_started
 
     out = Path(out)
-    ours = check_out_dir(out, "batch-sweep", signature=SWEEP_FILE, force=force)
     meta_path = out / SWEEP_FILE
-    settings = _settings(base, lr_rule, base_batch, lr_grid)
-    meta: dict[str, Any] = {
-        "kind": "batch-sweep",
-        "batch_sizes": [],
-        "lr_rule": lr_rule,
-        "runs": {},
-        "settings": settings,
-        "warmup": None,
-        "lr": {},
-        "candidates": {},
-        "grid": {},
-        "extended": {},
-    }
-    if meta_path.exists():
-        try:
-            old = read_json(meta_path)
-        except ValueError:
-            raise UserError(f"{meta_path} is not valid JSON; remove it or choose a new --out") from None
-        if not isinstance(old, dict) or old.get("kind") != "batch-sweep":
-            raise UserError(f"{meta_path} exists but is not a batch sweep; choose a new --out")
-        started = any(run_started(out / str(d)) for d in (old.get("runs") or {}).values()) or any(
-            run_started(d) for d in out.iterdir() if d.is_dir()
+    main = is_main()  # several processes: process 0 checks, decides and writes; the others follow
+
+    def save_meta() -> None:
+        if main:
+            atomic_write_json(meta_path, meta)
+
+    def prepare() -> dict[str, Any]:
+        """The checks and first writes (process 0): the sweep's record, warmup and ``--only`` selection."""
+        nonlocal base
+        ours = check_out_dir(out, "batch-sweep", signature=SWEEP_FILE, force=force)
+        settings = _settings(base, lr_rule, base_batch, lr_grid)
+        meta: dict[str, Any] = {
+            "kind": "batch-sweep",
+            "batch_sizes": [],
+            "lr_rule": lr_rule,
+            "runs": {},
+            "settings": settings,
+            "warmup": None,
+            "lr": {},
+            "candidates": {},
+            "grid": {},
+            "extended": {},
+        }
+        if meta_path.exists():
+            try:
+                old = read_json(meta_path)
+            except ValueError:
+                raise UserError(f"{meta_path} is not valid JSON; remove it or choose a new --out") from None
+            if not isinstance(old, dict) or old.get("kind") != "batch-sweep":
+                raise UserError(f"{meta_path} exists but is not a batch sweep; choose a new --out")
+            started = any(run_started(out / str(d)) for d in (old.get("runs") or {}).values()) or any(
+                run_started(d) for d in out.iterdir() if d.is_dir()
+            )
+            if old.get("settings") != settings and started:
+                diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
+                raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
+            if not started:
+                old = {}
+            kept = ("runs", "lr", "candidates", "grid", "extended")
+            meta.update({k: old[k] for k in kept if isinstance(old.get(k), dict)})
+            meta["batch_sizes"] = list(old.get("batch_sizes") or [])
+            if base.warmup is None and isinstance(old.get("warmup"), int):
+                base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
+        runs = plan_sweep(
+            base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out, **cadence
         )
-        if old.get("settings") != settings and started:
-            diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
-            raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
-        if not started:
-            old = {}
-        kept = ("runs", "lr", "candidates", "grid", "extended")
-        meta.update({k: old[k] for k in kept if isinstance(old.get(k), dict)})
-        meta["batch_sizes"] = list(old.get("batch_sizes") or [])
-        if base.warmup is None and isinstance(old.get("warmup"), int):
-            base = dataclasses.replace(base, warmup=old["warmup"])  # keep the warmup shared when extending
+        listed = [k for grid in meta["grid"].values() if isinstance(grid, dict) for k in grid]
+        selected = check_only(only, [r.subdir for r in runs] + listed, "sweep")
+        if train_fn is None:
+            check_all_fit(runs)  # every batch size before training any, before writing anything
+        mark_out_dir(out, "batch-sweep", ours)
+        meta["warmup"] = runs[0].config.warmup
+        meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})
+        for r in runs:  # every planned run listed from the start, so fit-batch can watch progress
+            meta["grid"].setdefault(str(r.batch_size), {})[r.subdir] = r.lr
+            if lr_rule != "grid":
+                meta["runs"][str(r.batch_size)] = r.subdir
+                meta["lr"][str(r.batch_size)] = r.lr
+        atomic_write_json(meta_path, meta)
+        if resolved_config is not None:
+            write_config_file(out / RESOLVED_CONFIG, resolved_config)
+        return {"meta": meta, "warmup": base.warmup, "selected": None if selected is None else sorted(selected)}
+
+    agreed_start = agreed(prepare)
+    meta = agreed_start["meta"]
+    base = dataclasses.replace(base, warmup=agreed_start["warmup"])
+    selected = None if agreed_start["selected"] is None else set(agreed_start["selected"])
     runs = plan_sweep(base, batch_sizes, lr_rule=lr_rule, base_batch=base_batch, lr_grid=lr_grid, out=out, **cadence)
-    listed = [k for grid in meta["grid"].values() if isinstance(grid, dict) for k in grid]
-    selected = check_only(only, [r.subdir for r in runs] + listed, "sweep")
-    if train_fn is None:
-        check_all_fit(runs)  # every batch size before training any, before writing anything
-    mark_out_dir(out, "batch-sweep", ours)
     warmup = runs[0].config.warmup
-    meta["warmup"] = warmup
-    meta["batch_sizes"] = sorted(set(meta["batch_sizes"]) | {r.batch_size for r in runs})
-    for r in runs:  # every planned run listed from the start, so fit-batch can watch progress
-        meta["grid"].setdefault(str(r.batch_size), {})[r.subdir] = r.lr
-        if lr_rule != "grid":
-            meta["runs"][str(r.batch_size)] = r.subdir
-            meta["lr"][str(r.batch_size)] = r.lr
-    atomic_write_json(meta_path, meta)
-    if resolved_config is not None:
-        write_config_file(out / RESOLVED_CONFIG, resolved_config)
+    if not main:
+        log = None
     log = log or (lambda msg: None)
     dispatcher = Dispatcher(executor or LocalExecutor(train_fn), tag="batch-sweep", log=log, only=selected)
 
@@ -304,7 +325,7 @@ def run_sweep(
         try:
             return dispatcher.run([task(r) for r in group])
         except UserError:
-            atomic_write_json(meta_path, meta)
+            save_meta()
             raise
 
     by_batch: dict[int, list[SweepRun]] = {}
@@ -332,7 +353,7 @@ def run_sweep(
             added.append(r)
         if not added:
             break
-        atomic_write_json(meta_path, meta)
+        save_meta()
         results.update(zip((r.subdir for r in added), train_all(added)))
     for b, group in by_batch.items():
         mine = {r.subdir: results[r.subdir] for r in group}
@@ -342,7 +363,7 @@ def run_sweep(
         meta["runs"][str(b)] = best
         meta["lr"][str(b)] = lrs[best]
         meta["candidates"][str(b)] = {k: v.get("final_eval_loss") for k, v in mine.items()}
-    atomic_write_json(meta_path, meta)
+    save_meta()
     return meta
 
 

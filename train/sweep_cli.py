@@ -87,6 +87,10 @@ def settings(args: argparse.Namespace) -> tuple[TrainConfig, SweepOptions]:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from scalinglab.train import distributed
+    from scalinglab.train.multihost import is_main
+
+    distributed.initialize()  # several processes (env SCALINGLAB_COORDINATOR..., Cloud TPU): jax.distributed
     base, opts = settings(args)
     how: ExecutorOptions = SCHEMA.build(ExecutorOptions, SCHEMA.values(args))
     with make_executor(how) as executor:
@@ -107,6 +111,8 @@ def _handler(args: argparse.Namespace) -> int:
             executor=executor,
             only=how.only,
         )
+    if not is_main():
+        return 0
     if args.json:
         emit_json(meta)
     else:

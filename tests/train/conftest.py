@@ -69,3 +69,40 @@ def base_config(data_dir, out, **kw):
     )
     defaults.update(kw)
     return TrainConfig(**defaults)
+
+
+@pytest.fixture
+def run_processes():
+    """``run_processes(cmd, n=2, devices=2, timeout=600, until=None) -> [(returncode, output)]``: ``cmd``
+    as ``n`` local processes under jax.distributed (``scalinglab.launch_local``'s environment, ``devices``
+    CPU devices each). ``until(procs)``: polled every 0.1 s while they run; when it returns True every
+    process is SIGKILLed (return codes then are -9)."""
+    import subprocess
+    import time
+
+    from scalinglab.launch_local import free_port, process_envs
+
+    def run(cmd, n=2, devices=2, timeout=600, until=None):
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for env in process_envs(n, devices, free_port())
+        ]
+        deadline = time.time() + timeout
+        try:
+            if until is not None:
+                while any(p.poll() is None for p in procs) and time.time() < deadline:
+                    if until():
+                        for p in procs:
+                            p.kill()
+                        break
+                    time.sleep(0.1)
+            return [
+                (p.returncode if p.poll() is not None else p.wait(), p.communicate(timeout=timeout)[0].decode())
+                for p in procs
+            ]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
+    return run

@@ -17,7 +17,7 @@ class _Stop(Exception):
 
 @pytest.fixture
 def first_config(monkeypatch, tmp_path, data_dir, dataset_name):
-    data = ("--dataset", dataset_name, "--data-dir", data_dir, "--allow-repeat")
+    data = ("--dataset", dataset_name, "--data-dir", data_dir, "--allow-repeat", "--fit-check", "estimate")
     return lambda *flags: _first_config(monkeypatch, tmp_path, *data, *flags)
 
 
@@ -41,5 +41,5 @@ def test_ladder_preset_run_gets_the_presets_execution_settings(first_config):
 
 
 def test_flags_override_the_preset(first_config):
-    cfg = first_config("--remat", "dots", "--grad-accum", "4", "--dtype", "float32")
+    cfg = first_config("--remat", "dots", "--grad-accum", "4", "--dtype", "float32", "--fit-check", "off")
     assert (cfg.dtype, cfg.mesh, cfg.remat, cfg.grad_accum) == ("float32", {"fsdp": 16}, "dots", 4)
