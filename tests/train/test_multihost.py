@@ -93,7 +93,7 @@ def test_two_process_batch_sweep(tmp_path, data_dir, dataset_name, run_processes
         "--seq-len",
         "32",
         "--batch-sizes",
-        "8,16",
+        "4,8,16",
         "--base-batch",
         "8",
         "--lr",
@@ -101,7 +101,7 @@ def test_two_process_batch_sweep(tmp_path, data_dir, dataset_name, run_processes
         "--warmup",
         "1",
         "--tokens",
-        str(6 * 8 * 32),
+        str(4 * 16 * 32),
         "--log-every",
         "1",
         "--eval-every",
@@ -114,7 +114,7 @@ def test_two_process_batch_sweep(tmp_path, data_dir, dataset_name, run_processes
     done = run_processes(cmd)
     assert [code for code, _ in done] == [0, 0], done[0][1][-3000:] + done[1][1][-3000:]
     sweep = json.loads((out / "sweep.json").read_text())
-    assert sorted(sweep["runs"]) == ["16", "8"]
+    assert sorted(sweep["runs"], key=int) == ["4", "8", "16"]
     for b, sub in sweep["runs"].items():
         steps = [r["step"] for r in read_metrics(out / sub)]
         assert steps == sorted(set(steps)) and is_complete(out / sub), (b, steps)
