@@ -395,12 +395,14 @@ def bootstrap_approach3(
     return_info: bool = False,
 ):
     """Refit ``n_bootstrap`` resamples, each from every start in ``x0_SP`` (one batch of lock-step
-    L-BFGS in ``dtype`` to |grad| <= 1e-6 or ``max_iter``), then polish each resample's best end
-    point in float64 with the strong-Wolfe L-BFGS to convergence (or ``polish_iter``).
+    L-BFGS in ``dtype`` to |grad| <= 1e-6, a full step that no longer changes the objective, or
+    ``max_iter``), keep each resample's best end point, then polish those that did not converge in
+    float64 with the strong-Wolfe L-BFGS (|grad| <= 1e-9 or a relative objective change below
+    1e-15, at most ``polish_iter`` iterations; :func:`multistart.polish_unconverged`).
 
     Returns ``{param: float[K]}`` for E, A, B, alpha, beta, a, b, G; with ``return_info`` also
-    ``{"n_hit_max_iter", "max_iter", "max_grad_norm", "median_grad_norm"}`` of the polish (a refit
-    that hit the limit is kept, and counted)."""
+    ``{"refit", "n_polished", "max_iter", "n_hit_max_iter", "n_not_converged", "max_grad_norm",
+    "median_grad_norm"}`` (a refit that hit the limit is kept, and counted)."""
     n = data["log_n"].size
     counts_KN = resample_counts(n, n_bootstrap, seed=seed)
     s = len(x0_SP)
@@ -418,16 +420,11 @@ def bootstrap_approach3(
         value_and_grad_fn=_loss_value_and_grad,
     )
     value_KS = np.where(np.isfinite(res.value_M), res.value_M, np.inf).reshape(n_bootstrap, s)
-    best_K = np.argmin(value_KS, axis=1)
-    x_KP = res.params_MP.reshape(n_bootstrap, s, -1)[np.arange(n_bootstrap), best_K]
-    ok = np.isfinite(value_KS.min(axis=1))
-    x_KP = np.where(ok[:, None], x_KP, x0_SP[0])
-    fine = multistart.minimize_batch(
-        _loss, x_KP, counts_KN, data, dtype="float64", max_iter=polish_iter, gtol=1e-9, ls_steps=30
-    )
-    better = np.isfinite(fine.value_M) & (fine.value_M <= np.where(ok, value_KS.min(axis=1), np.inf))
-    x_KP = np.where(better[:, None], fine.params_MP, x_KP)
-    x_KP[~(ok | np.isfinite(fine.value_M))] = np.nan
+    best = np.arange(n_bootstrap) * s + np.argmin(value_KS, axis=1)
+    refit = multistart.take(res, best)
+    refit.params_MP[~np.isfinite(refit.value_M)] = x0_SP[0]  # diverged from every start: polish from the best
+    fine, info = multistart.polish_unconverged(_loss, refit, counts_KN, data, max_iter=polish_iter)
+    x_KP = np.where(np.isfinite(fine.value_M)[:, None], fine.params_MP, np.nan)
     law = _to_law(x_KP)
     a, b, G = derived(law["A"], law["B"], law["alpha"], law["beta"])
     samples = {**law, "a": a, "b": b, "G": G}
@@ -435,9 +432,9 @@ def bootstrap_approach3(
         return samples
     gn = fine.grad_norm_M[np.isfinite(fine.grad_norm_M)]
     info = {
-        "refit": "lock-step L-BFGS then float64 strong-Wolfe polish",
-        "max_iter": int(polish_iter),
-        "n_hit_max_iter": int(np.sum(fine.n_iter_M >= polish_iter)),
+        "refit": "lock-step L-BFGS, then float64 strong-Wolfe polish of the refits that did not converge",
+        **info,
+        "n_not_converged": int(np.sum(~fine.converged_M)),
         "max_grad_norm": float(gn.max()) if gn.size else float("nan"),
         "median_grad_norm": float(np.median(gn)) if gn.size else float("nan"),
     }

@@ -264,8 +264,9 @@ def format_text(out: dict) -> str:
         boot = out.get("optimizer", {}).get("bootstrap")
         if boot:
             lines.append(
-                f"bootstrap refits: {boot['n_hit_max_iter']} of {out['n_bootstrap']} hit the "
-                f"{boot['max_iter']}-iteration limit; max |grad| {boot['max_grad_norm']:.2g}"
+                f"bootstrap refits: {boot.get('n_polished', out['n_bootstrap'])} of {out['n_bootstrap']} "
+                f"needed the float64 polish, {boot['n_hit_max_iter']} hit its {boot['max_iter']}-iteration "
+                f"limit; max |grad| {boot['max_grad_norm']:.2g}"
             )
     if out.get("n_budgets"):
         lines.append(f"budgets used: {out['n_budgets']}")

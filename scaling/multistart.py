@@ -32,12 +32,15 @@ LossFn = Callable[[jax.Array, object, jax.Array], jax.Array]
 
 
 class BatchResult(NamedTuple):
-    """Solutions of M problems (numpy): ``params_MP``, ``value_M``, ``n_iter_M``, ``grad_norm_M``."""
+    """Solutions of M problems (numpy): ``params_MP``, ``value_M``, ``n_iter_M`` (iterations each row
+    ran before it stopped), ``grad_norm_M`` and ``converged_M`` (bool: the row stopped on its gradient
+    or objective tolerance, not on the iteration limit, a vanishing step or a non-finite value)."""
 
     params_MP: np.ndarray
     value_M: np.ndarray
     n_iter_M: np.ndarray
     grad_norm_M: np.ndarray
+    converged_M: np.ndarray
 
 
 def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
@@ -70,7 +73,7 @@ def _solve_one(loss_fn, max_iter, gtol, ftol, ls_steps, x0_P, weights_N, data):
     inf = jnp.asarray(jnp.inf, x0_P.dtype)
     x, _, it, _ = jax.lax.while_loop(cond, step, (x0_P, opt.init(x0_P), 0, inf))
     value, grad = jax.value_and_grad(fun)(x)
-    return x, value, it, optax.tree.norm(grad)
+    return x, value, it, optax.tree.norm(grad), (it < max_iter) & jnp.isfinite(value)
 
 
 def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weights_MN, data):
@@ -112,12 +115,17 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         return jnp.where(descent[:, None], d, -g / jnp.maximum(gnorm, 1.0)[:, None])
 
     def cond(c):
-        it, done = c[0], c[-1]
+        it, done = c[0], c[-2]
         return (it < max_iter) & ~jnp.all(done)
 
     def body(c):
-        it, x, f, g, S, Y, valid, t, done = c
+        it, x, f, g, S, Y, valid, t, done, conv, n_it = c
         d = direction(g, S, Y, valid)
+        # converged before the step: the quasi-Newton model predicts that the full step would lower f
+        # by less than 1e-12 relative (g·H⁻¹g / 2, the Newton decrement; needs a curvature pair)
+        flat = ~done & valid[:, -1] & (-dot(g, d) <= 2e-12 * jnp.abs(f))
+        conv, done = conv | flat, done | flat
+        n_it = jnp.where(done, n_it, it + 1)
         x_new = x + t[:, None] * d
         f_new, g_new = value_and_grad(x_new, data, weights_MN)
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1)
@@ -125,6 +133,9 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         # a row is done (and frozen) at a small gradient, a vanishing step, or an accepted step that
         # changed f by less than 1e-12 relative (at a kink of a Huber loss the gradient stays large)
         stalled = ok & (jnp.abs(f - f_new) <= 1e-12 * jnp.abs(f))
+        # converged: a small gradient, or a full quasi-Newton step (t = 1) that no longer changes f;
+        # a stall after shortened steps (t < 1) stops the row too but counts as not converged
+        stalled_full = stalled & (t == 1.0)
         s, y = x_new - x, g_new - g
         store = ok & (dot(s, y) > 1e-10 * jnp.sqrt(dot(s, s) * dot(y, y)))
         roll = lambda H, new: jnp.concatenate([H[:, 1:], new[:, None]], axis=1)  # noqa: E731
@@ -135,14 +146,18 @@ def _fast_solve(loss_fn, value_and_grad_fn, max_iter, gtol, memory, x0_MP, weigh
         f = jnp.where(ok, f_new, f)
         g = jnp.where(ok[:, None], g_new, g)
         t = jnp.where(ok, 1.0, 0.25 * t).astype(dtype)
-        done = done | stalled | (jnp.sqrt(dot(g, g)) <= gtol) | (t <= 1e-10) | ~jnp.isfinite(f)
-        return it + 1, x, f, g, S, Y, valid, t, done
+        small = jnp.sqrt(dot(g, g)) <= gtol
+        conv = conv | (~done & (small | stalled_full))
+        done = done | stalled | small | (t <= 1e-10) | ~jnp.isfinite(f)
+        return it + 1, x, f, g, S, Y, valid, t, done, conv, n_it
 
     zeros = jnp.zeros((M, memory, P), dtype)
-    done0 = (jnp.sqrt(dot(g0, g0)) <= gtol) | ~jnp.isfinite(f0)
-    init = (0, x0_MP, f0, g0, zeros, zeros, jnp.zeros((M, memory), bool), jnp.ones((M,), dtype), done0)
-    it, x, f, g, *_ = jax.lax.while_loop(cond, body, init)
-    return x, f, jnp.full((M,), it), jnp.sqrt(dot(g, g))
+    conv0 = (jnp.sqrt(dot(g0, g0)) <= gtol) & jnp.isfinite(f0)
+    done0 = conv0 | ~jnp.isfinite(f0)
+    n_it0 = jnp.zeros((M,), jnp.int32)
+    init = (0, x0_MP, f0, g0, zeros, zeros, jnp.zeros((M, memory), bool), jnp.ones((M,), dtype), done0, conv0, n_it0)
+    it, x, f, g, *_, conv, n_it = jax.lax.while_loop(cond, body, init)
+    return x, f, n_it, jnp.sqrt(dot(g, g)), conv
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,12 +215,13 @@ def minimize_batch(
         x0 = jnp.asarray(x0_MP[rows], dtype=dtype)
         w = jnp.asarray(np.pad(weights_MN[rows], ((0, 0), (0, n_pad - n))), dtype=dtype)
         d = jax.tree.map(lambda a: jnp.asarray(np.pad(np.asarray(a, np.float64), (0, n_pad - n)), dtype=dtype), data)
-        x, value, it, gnorm = solver(x0, w, d)
+        x, value, it, gnorm, conv = solver(x0, w, d)
         out = BatchResult(
             np.asarray(x, np.float64)[:m],
             np.asarray(value, np.float64)[:m],
             np.asarray(it)[:m],
             np.asarray(gnorm, np.float64)[:m],
+            np.asarray(conv, bool)[:m],
         )
     return out
 
@@ -253,3 +269,94 @@ def polish(
     x0_KP = np.atleast_2d(x0_KP)
     weights_KN = np.broadcast_to(np.asarray(weights_N, np.float64), (x0_KP.shape[0], len(weights_N)))
     return minimize_batch(loss_fn, x0_KP, weights_KN, data, dtype="float64", max_iter=max_iter, ls_steps=30)
+
+
+def take(result: BatchResult, rows: np.ndarray) -> BatchResult:
+    """The rows ``rows`` of a batch result (every field indexed alike)."""
+    return BatchResult(*(np.asarray(field)[rows] for field in result))
+
+
+def polish_unconverged(
+    loss_fn: LossFn,
+    result: BatchResult,
+    weights_MN: np.ndarray,
+    data: object,
+    *,
+    max_iter: int = 500,
+    gtol: float = 1e-9,
+    ftol: float = 1e-15,
+) -> tuple[BatchResult, dict]:
+    """Refine, in float64 with the strong-Wolfe L-BFGS, only the rows of ``result`` that did not
+    converge (``~converged_M``: stopped on the iteration limit, a vanishing step or a stall after
+    shortened steps); row m keeps weights ``weights_MN[m]``. A polished end point replaces the
+    row's only when its objective is not worse.
+
+    Polishing only those rows keeps the batch small: under ``vmap`` every row of a strong-Wolfe
+    batch waits for the slowest one's line search, so polishing already-converged rows costs as
+    much as polishing the hard ones. Returns the merged result (``converged_M`` after polish) and
+    ``{"n_polished", "n_hit_max_iter", "max_iter"}`` (a row that hit ``max_iter`` is kept, and counted).
+    """
+    todo = np.flatnonzero(~np.asarray(result.converged_M, bool))
+    info = {"n_polished": int(todo.size), "n_hit_max_iter": 0, "max_iter": int(max_iter)}
+    if todo.size == 0:
+        return result, info
+    fine = minimize_batch(
+        loss_fn,
+        result.params_MP[todo],
+        np.asarray(weights_MN)[todo],
+        data,
+        dtype="float64",
+        max_iter=max_iter,
+        gtol=gtol,
+        ftol=ftol,
+        ls_steps=30,
+    )
+    info["n_hit_max_iter"] = int(np.sum(fine.n_iter_M >= max_iter))
+    return _merge(result, todo, fine), info
+
+
+def _merge(result: BatchResult, rows: np.ndarray, new: BatchResult) -> BatchResult:
+    """``result`` with ``rows`` continued by ``new`` (one row of ``new`` per index in ``rows``):
+    a row takes the new end point when its objective is finite and not worse; iterations add up;
+    the row counts as converged only when the new run converged and was taken."""
+    old_value = np.where(np.isfinite(result.value_M[rows]), result.value_M[rows], np.inf)
+    better = np.isfinite(new.value_M) & (new.value_M <= old_value)
+    merged = BatchResult(*(np.array(field, copy=True) for field in result))
+    for field, new_field in zip(merged, new):
+        field[rows[better]] = new_field[better]
+    merged.n_iter_M[rows] = result.n_iter_M[rows] + new.n_iter_M
+    merged.converged_M[rows] = new.converged_M & better
+    return merged
+
+
+def minimize_converged(
+    loss_fn: LossFn,
+    x0_MP: np.ndarray,
+    weights_MN: np.ndarray,
+    data: object,
+    *,
+    gtol: float,
+    max_iter: int,
+    first_iter: int = 50,
+    value_and_grad_fn: Callable | None = None,
+    polish_iter: int = 500,
+    polish_ftol: float = 1e-15,
+) -> tuple[BatchResult, dict]:
+    """Every row to convergence at a cost close to the rows' own iteration counts, in float64.
+
+    Lock-step L-BFGS runs ``first_iter`` iterations on all rows; the rows that have not converged
+    (typically a few) restart from where they are, compacted into a small batch, for up to
+    ``max_iter - first_iter`` more; those still not converged get :func:`polish_unconverged`
+    (strong-Wolfe L-BFGS, ``gtol``, ``polish_ftol``, ``polish_iter``). Under ``vmap`` a batch costs
+    its slowest row's iterations times its size, so compacting the stragglers is what saves the time.
+    Returns the result and the polish's counts (see :func:`polish_unconverged`).
+    """
+    kw = {"dtype": "float64", "gtol": gtol, "method": "lockstep", "value_and_grad_fn": value_and_grad_fn}
+    res = minimize_batch(loss_fn, x0_MP, weights_MN, data, max_iter=min(first_iter, max_iter), **kw)
+    todo = np.flatnonzero(~res.converged_M)
+    if todo.size and max_iter > first_iter:
+        more = minimize_batch(
+            loss_fn, res.params_MP[todo], np.asarray(weights_MN)[todo], data, max_iter=max_iter - first_iter, **kw
+        )
+        res = _merge(res, todo, more)
+    return polish_unconverged(loss_fn, res, weights_MN, data, max_iter=polish_iter, gtol=gtol, ftol=polish_ftol)

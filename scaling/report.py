@@ -187,7 +187,8 @@ def report_doc(rf: ReportFits, out: Path) -> list:
                 f"Approach 3, L(N, D) = E + A/N^α + B/D^β (Huber δ = {a3['huber_delta']:g} on log loss, L-BFGS from "
                 f"{a3['n_starts']} starts; objective {_g(a3['objective'], '.4g')}"
                 + (
-                    f"; {boot['n_hit_max_iter']} of {a3['n_bootstrap']} bootstrap refits hit the iteration limit"
+                    f"; {boot.get('n_polished', a3['n_bootstrap'])} of {a3['n_bootstrap']} bootstrap refits needed "
+                    f"the float64 polish, {boot['n_hit_max_iter']} hit its iteration limit"
                     if boot
                     else ""
                 )

@@ -171,3 +171,20 @@ def test_kaplan_ns_and_cmin_through_fit_law(tmp_path):
     # L(C_min): C_min = C/(1 + B/B_crit(L)) puts both batch sizes on one frontier
     cm = fit_law(table, "kaplan-cmin", bcrit=bcrit)
     assert cm["law"] == "kaplan-cmin" and cm["bcrit"]["B_star"] == 2000.0 and 0 < cm["alpha_C"] < 0.2
+
+
+def test_joint_closed_form_gradients_match_autodiff():
+    """The hand-written value-and-gradient of L(N, D) and L(N, S) equals jax.grad of the loss."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    data = {"log_x": rng.uniform(5, 15, 40), "log_y": rng.uniform(3, 10, 40), "log_l": rng.uniform(0.5, 1.5, 40)}
+    w = rng.uniform(0, 3, 40)
+    with jax.enable_x64(True):
+        for x in ([20.0, 8.0, 0.3, 0.5], [12.0, 15.0, 0.07, 0.9]):
+            x = np.array(x)
+            for loss, value_and_grad in kaplan.VALUE_AND_GRAD.items():
+                v, g = value_and_grad(x, data, w)
+                v_ad, g_ad = jax.value_and_grad(loss)(x, data, w)
+                assert float(v) == pytest.approx(float(v_ad), rel=1e-13)
+                assert np.allclose(np.asarray(g), np.asarray(g_ad), rtol=1e-10, atol=1e-14)
