@@ -16,6 +16,7 @@ BENCHMARKS = {
     "data_pipeline": "scalinglab.benchmarks.data_pipeline",
     "train_throughput": "scalinglab.benchmarks.train_throughput",
     "chinchilla_fit": "scalinglab.benchmarks.chinchilla_fit",
+    "fit_process": "scalinglab.benchmarks.fit_process",
     "prepare_throughput": "scalinglab.benchmarks.prepare_throughput",
     "host_sync": "scalinglab.benchmarks.host_sync",
 }
