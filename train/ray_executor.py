@@ -17,6 +17,7 @@ installed on every node.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -60,11 +61,9 @@ def train_in_subprocess(config: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task: train the run of ``config`` (TrainConfig dict, absolute paths).
 
     Returns ``{"status": "complete", "summary": ...}`` or ``{"status": "held", "message": ...}``;
-    raises RunCrashed (retried) or RunFailed. Interrupted itself (task cancelled), it stops the
-    trainer gracefully (SIGTERM: checkpoint) before re-raising.
+    raises RunCrashed (retried) or RunFailed. Interrupted by an exception (a cancel that is not a
+    kill), it stops the trainer gracefully (SIGTERM: checkpoint) before re-raising.
     """
-    import json
-
     run_dir = Path(config["out"])
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_FILE
