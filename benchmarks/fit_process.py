@@ -12,7 +12,7 @@ Profile of a warm process (before the change that made it fast, 250 points, 4,50
 rows) 1.6-1.75, and the float64 strong-Wolfe polish of all 1,000 bootstrap refits 16-24 CPU-s
 (every row of a vmapped zoom line search waits for the slowest; the median row needed 1 iteration,
 the slowest 40). Now only the refits the lock-step pass left unconverged are polished (26 of 1,000
-on this table; intervals equal to 1e-10).
+on this table; intervals equal to 1e-7 relative).
 """
 
 from __future__ import annotations
