@@ -20,9 +20,11 @@ import dataclasses
 import importlib.util
 import os
 import re
+import warnings
 from typing import Any
 
 from scalinglab.errors import UserError
+from scalinglab.platforms import has_tpu_chips
 
 GiB = 1 << 30
 
@@ -71,11 +73,24 @@ def topology_name(name: str) -> tuple[str, str]:
     return f"{gen}:{m.group(2)}", "megacore" if gen in ("v4", "v5") else "default"
 
 
+# What libtpu probes for the slice it runs on (metadata server, accelerator type, workers); on a
+# host without chips these values stop its warnings and do not change the described topology.
+_NOT_A_TPU_VM = {
+    "TPU_SKIP_MDS_QUERY": "1",
+    "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    "TPU_WORKER_ID": "0",
+}
+
+
 def topology_devices(name: str) -> list[Any]:
     """Compile-only devices of the TPU topology ``name`` (needs libtpu)."""
     require_libtpu()
     # compile-only: no chip is opened, so several processes may load libtpu (else its lockfile refuses)
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not has_tpu_chips():  # a host that is no TPU VM: libtpu would warn that it cannot find its slice
+        for var, value in _NOT_A_TPU_VM.items():
+            os.environ.setdefault(var, value)
     from jax.experimental import topologies
 
     topo, chip_config = topology_name(name)
@@ -92,6 +107,14 @@ def hbm_capacity(device_kind: str) -> int | None:
     return None
 
 
+def _compile(lowered: Any) -> Any:
+    """``lowered.compile()``, without JAX's warning that a cached compile-only TPU executable cannot
+    be loaded back (no TPU client here): it compiles again, which is what happens anyway."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*PjRtCompiler must be constructed with a Client")
+        return lowered.compile()
+
+
 def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = None) -> dict[str, Any]:
     """Compile ``cfg``'s train step for ``topology`` and report memory, time and MFU (see module doc)."""
     from scalinglab.train.program import lower_train_step
@@ -101,7 +124,7 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
     built = lower_train_step(cfg, model_cfg, devices=devices, n_processes=n_proc)
     state_bytes = _per_chip_bytes(built.abstract_state)
     try:
-        compiled = built.lowered.compile()
+        compiled = _compile(built.lowered)
     except Exception as e:  # noqa: BLE001 - libtpu refuses a program that cannot fit: that is a result
         needed = _refused_bytes(str(e))
         if needed is None:
@@ -123,7 +146,7 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
     else:  # the loop-free step of one microbatch, K times
         unit = dataclasses.replace(cfg, batch_size=cfg.batch_size // k, grad_accum=1, gns=False)
         step_s = k * _optimal_seconds(
-            lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered.compile()
+            _compile(lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered)
         )
         method = f"{k} x xla optimal_seconds of one microbatch"
     hbm = int(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)

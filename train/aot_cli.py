@@ -117,4 +117,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ladder-preset", default="", help="check the runs of a ladder preset (its topology by default)")
     p.add_argument("--largest", action="store_true", help="with --ladder-preset: only its largest run")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per run")
-    p.set_defaults(func=_aot)
+    # no persistent compilation cache: a compile-only TPU executable cannot be loaded back without
+    # a TPU client (JAX warns "PjRtCompiler must be constructed with a Client" on every later run)
+    p.set_defaults(func=_aot, no_cache=True)

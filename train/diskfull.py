@@ -52,6 +52,10 @@ def translate(path: Any, fn: Callable[[], Any]) -> Any:
         raise
 
 
+# The loggers orbax's failed saves reach (a logger's filter sees only records logged to it, not
+# those its children propagate): asyncio logs "Task exception was never retrieved" for them.
+NOISY_LOGGERS = ("absl", "orbax", "asyncio", "")
+
 # The error asyncio raises when an abandoned orbax save's tensorstore future completes after its
 # event loop has closed (only ever a consequence of a failed save; printed from C with no header).
 _LOOP_CLOSED = "Event loop is closed"
@@ -88,7 +92,7 @@ def quiet_background_errors():
     """
     seen.clear()
     filt = _DropDiskFull()
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "")]
+    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
     for lg in loggers:
         lg.addFilter(filt)
     previous_hook = threading.excepthook

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from scalinglab.train.diskfull import DiskFull, is_disk_full, quiet_background_errors
+from scalinglab.train.diskfull import NOISY_LOGGERS, DiskFull, is_disk_full, quiet_background_errors
 from scalinglab.train.metrics import read_metrics
 
 ORBAX_ENOSPC = (
@@ -63,21 +63,27 @@ def _thread_raising(exc):
     t.join()
 
 
-def test_abandoned_save_errors_are_silent_after_disk_full_and_others_are_not(monkeypatch):
+def test_abandoned_save_errors_are_silent_after_disk_full_and_others_are_not(monkeypatch, caplog):
     """The 'Event loop is closed' errors of orbax's abandoned saves arrive before, during and after
     the main thread's DiskFull (at shutdown): none reaches the printing hook; an unrelated one does."""
     printed = []
     monkeypatch.setattr(threading, "excepthook", lambda a: printed.append(str(a.exc_value)))
     for name in ("excepthook", "unraisablehook"):
         monkeypatch.setattr(sys, name, getattr(sys, name))  # restored after the test
-    filters = {n: list(logging.getLogger(n).filters) for n in ("absl", "orbax", "")}
+    filters = {n: list(logging.getLogger(n).filters) for n in NOISY_LOGGERS}
     try:
         with pytest.raises(DiskFull), quiet_background_errors():
             _thread_raising(RuntimeError("Event loop is closed"))  # before any disk-full error was seen
             raise DiskFull("/runs/x/checkpoints")
         _thread_raising(RuntimeError("Event loop is closed"))  # after the context: hooks stay installed
+        logging.getLogger("asyncio").error(  # what asyncio logs for an orbax task whose write failed
+            "Task exception was never retrieved", exc_info=ValueError(ORBAX_ENOSPC)
+        )
         _thread_raising(RuntimeError("an unrelated bug"))
         assert printed == ["an unrelated bug"]
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        logging.getLogger("asyncio").error("an unrelated asyncio error")
+        assert [r.getMessage() for r in caplog.records] == ["an unrelated asyncio error"]
     finally:
         for n, fs in filters.items():
             logging.getLogger(n).filters[:] = fs
