@@ -41,13 +41,13 @@ def fit_loglinear(
     y = np.asarray(logy_N, dtype=np.float64)
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
     sw = w.sum(axis=-1, keepdims=True)
-    mx = (w * x).sum(axis=-1, keepdims=True) / sw
-    my = (w * y).sum(axis=-1, keepdims=True) / sw
-    sxx = (w * (x - mx) ** 2).sum(axis=-1)
-    sxy = (w * (x - mx) * (y - my)).sum(axis=-1)
-    # Relative threshold: a spread below ~1e-12 of the scale of log x is "no spread".
-    tiny = 1e-24 * np.maximum(1.0, (w * x**2).sum(axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # all weights zero (a resample): NaN, no warning
+        mx = (w * x).sum(axis=-1, keepdims=True) / sw
+        my = (w * y).sum(axis=-1, keepdims=True) / sw
+        sxx = (w * (x - mx) ** 2).sum(axis=-1)
+        sxy = (w * (x - mx) * (y - my)).sum(axis=-1)
+        # Relative threshold: a spread below ~1e-12 of the scale of log x is "no spread".
+        tiny = 1e-24 * np.maximum(1.0, (w * x**2).sum(axis=-1))
         slope = np.where(sxx > tiny, sxy / np.where(sxx > tiny, sxx, 1.0), np.nan)
     intercept = my[..., 0] - slope * mx[..., 0]
     return intercept, slope
