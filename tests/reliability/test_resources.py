@@ -30,6 +30,16 @@ def _cli(*argv, timeout=600):
     )
 
 
+def _tiny_train_args(data_dir, out, *, steps):
+    """``train`` argv of a one-layer gpt2-tiny run that logs and checkpoints every step."""
+    return [
+        "train",
+        *("--preset", "gpt2-tiny", "--set", "n_layer=1", "--dataset", "synthetic_markov", "--data-dir", data_dir),
+        *("--seq-len", "32", "--batch-size", "16", "--steps", str(steps), "--log-every", "1"),
+        *("--eval-every", "0", "--eval-batches", "2", "--checkpoint-every", "1", "--out", str(out), "--no-progress"),
+    ]
+
+
 @contextlib.contextmanager
 def _tmpfs(path, size):
     """A tmpfs of ``size`` at ``path`` (skip when this process may not mount one)."""
@@ -143,32 +153,7 @@ def test_simulated_enospc_in_metrics_write_is_one_line_exit_1(tmp_path, data_dir
             sys.executable,
             "-c",
             code,
-            "train",
-            "--preset",
-            "gpt2-tiny",
-            "--set",
-            "n_layer=1",
-            "--dataset",
-            "synthetic_markov",
-            "--data-dir",
-            data_dir,
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "16",
-            "--steps",
-            "6",
-            "--log-every",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-batches",
-            "2",
-            "--checkpoint-every",
-            "1",
-            "--out",
-            str(run),
-            "--no-progress",
+            *_tiny_train_args(data_dir, run, steps=6),
         ],
         capture_output=True,
         text=True,
@@ -183,34 +168,7 @@ def test_simulated_enospc_in_metrics_write_is_one_line_exit_1(tmp_path, data_dir
 def test_real_full_tmpfs_one_line_exit_1_no_hang_then_resume(tmp_path, data_dir):
     with _tmpfs(tmp_path / f"full-{uuid.uuid4().hex[:6]}", "1200k") as mnt:
         run = mnt / "run"
-        args = [
-            "train",
-            "--preset",
-            "gpt2-tiny",
-            "--set",
-            "n_layer=1",
-            "--dataset",
-            "synthetic_markov",
-            "--data-dir",
-            data_dir,
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "16",
-            "--steps",
-            "12",
-            "--log-every",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-batches",
-            "2",
-            "--checkpoint-every",
-            "1",
-            "--out",
-            str(run),
-            "--no-progress",
-        ]
+        args = _tiny_train_args(data_dir, run, steps=12)
         p = _cli(*args, timeout=600)  # a hang would fail here
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 1 and len(lines) == 1 and "disk full" in lines[0], p.stderr[-3000:]
