@@ -14,10 +14,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from scalinglab.cli import emit_json, parse_set
+from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 from scalinglab.models import accounting
-from scalinglab.models.config import PRESETS, ModelConfig, get_config
+from scalinglab.models.config import PRESETS, ModelConfig, get_config, parse_model_set
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, preset_required: bool) -> None:
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> ModelConfig:
-    return get_config(args.preset, parse_set(args.set))
+    return get_config(args.preset, parse_model_set(args.set))
 
 
 def _fmt(n: Any) -> str:

@@ -14,7 +14,7 @@ Field names (``n_layer``, ``d_model``, ``n_head``, ``n_kv_head``, ``d_ff``,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scalinglab.errors import UserError
@@ -183,15 +183,29 @@ def _coerce(field: dataclasses.Field, raw: str) -> Any:
     return raw
 
 
+def typed_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` with every text value converted to its ModelConfig field's declared type
+    (``{"n_layer": "1"}`` → ``{"n_layer": 1}``); values that are not text are kept as given.
+    UserError (one line) for an unknown field or a text that is not of the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    out: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise UserError(f"unknown model field {key!r} in --set; fields: {', '.join(fields)}")
+        out[key] = _coerce(fields[key], value) if isinstance(value, str) else value
+    return out
+
+
+def parse_model_set(items: Sequence[str] | None) -> dict[str, Any]:
+    """Repeated ``--set key=value`` model overrides, each value in its field's declared type: the one
+    parser of every command that takes ``--set`` (train, batch-sweep, aot, params, flops)."""
+    from scalinglab.cli import parse_set
+
+    return typed_overrides(parse_set(items))
+
+
 def get_config(preset: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
     """Look up a preset and apply ``overrides`` (raw strings from ``--set`` or typed values)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    changes: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        if key not in fields:
-            raise UserError(f"unknown model field {key!r} in --set; fields: {', '.join(fields)}")
-        changes[key] = _coerce(fields[key], value) if isinstance(value, str) else value
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(PRESETS[preset], **typed_overrides(overrides))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from scalinglab.cli import emit_json, parse_set
+from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 
 
 def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, object]]]:
     """The topology and ``(name, TrainConfig, ModelConfig)`` of every run to check."""
-    from scalinglab.models.config import get_config
+    from scalinglab.models.config import get_config, parse_model_set
     from scalinglab.train.config import TrainConfig, parse_mesh, validate
 
     if bool(args.preset) == bool(args.ladder_preset):
@@ -46,7 +46,7 @@ def _configs(args: argparse.Namespace) -> tuple[str, list[tuple[str, object, obj
         raise UserError("give --topology, e.g. v5e:2x2 or v4-32")
     if args.seq_len is None or args.batch_size is None:
         raise UserError("--preset needs --seq-len and --batch-size")
-    overrides = parse_set(args.set)
+    overrides = parse_model_set(args.set)
     model_cfg = get_config(args.preset, overrides)
     if args.seq_len > model_cfg.n_ctx:
         raise UserError(f"--seq-len {args.seq_len} exceeds n_ctx={model_cfg.n_ctx}; add --set n_ctx={args.seq_len}")

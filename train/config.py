@@ -13,8 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scalinglab.cli import parse_set
 from scalinglab.errors import UserError
+from scalinglab.models.config import parse_model_set, typed_overrides
 from scalinglab.train.options import Part, Schema, option
 
 SCHEDULES = ("cosine", "constant", "wsd")
@@ -72,13 +72,14 @@ def parse_tokens(value: str | int | float) -> int:
 
 
 def parse_overrides(value: str | Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Model-field overrides: ``--set k=v`` texts (repeatable) or a mapping from a config file."""
+    """Model-field overrides: ``--set k=v`` texts (repeatable) or a mapping from a config file, each
+    value in its model field's declared type (``n_layer=1`` → the int 1, as a config file gives it)."""
     if isinstance(value, Mapping):
-        return {str(k): v for k, v in value.items()}
+        return typed_overrides({str(k): v for k, v in value.items()})
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
         raise UserError(f"--set expects key=value (a config file: a mapping of model fields), got {value!r}")
-    return parse_set(items)
+    return parse_model_set(items)
 
 
 MODEL, DATA, OPTIMIZER, TRAIN = "model", "data", "optimizer", "train"  # config-file sections

@@ -52,9 +52,26 @@ def config_diff(
         for key in sorted(set(a) | set(b)):
             if section == "train" and key in safe:
                 continue
+            if section == "train" and key == "overrides":
+                if _norm(typed_or_given(a.get(key))) != _norm(typed_or_given(b.get(key))):
+                    out.append(f"{section}.{key}")
+                continue
             if _norm(a.get(key)) != _norm(b.get(key)):
                 out.append(f"{section}.{key}")
     return out
+
+
+def typed_or_given(overrides: Any) -> Any:
+    """Model overrides in their fields' declared types (run and sweep directories written before
+    ``--set`` values were typed hold texts such as ``"1"``); as given when they do not convert."""
+    from scalinglab.models.config import typed_overrides
+
+    if not isinstance(overrides, Mapping):
+        return overrides
+    try:
+        return typed_overrides(overrides)
+    except UserError:
+        return overrides
 
 
 def _norm(v: Any) -> Any:

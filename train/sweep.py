@@ -43,6 +43,7 @@ from scalinglab.rundir import RESOLVED_CONFIG, SWEEP_FILE, finite_or
 from scalinglab.train.config import TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.executor import Dispatcher, Executor, LocalExecutor, RunTask, check_only
+from scalinglab.train.identity import typed_or_given
 from scalinglab.train.multihost import agreed, is_main
 
 LR_RULES = ("sqrt", "linear", "fixed", "grid")
@@ -274,8 +275,11 @@ def run_sweep(
             started = any(run_started(out / str(d)) for d in (old.get("runs") or {}).values()) or any(
                 run_started(d) for d in out.iterdir() if d.is_dir()
             )
-            if old.get("settings") != settings and started:
-                diff = sorted(k for k in settings if (old.get("settings") or {}).get(k) != settings[k])
+            old_settings = dict(old.get("settings") or {})
+            if "overrides" in old_settings:  # texts ("1") in sweeps written before --set values were typed
+                old_settings["overrides"] = typed_or_given(old_settings["overrides"])
+            if old_settings != settings and started:
+                diff = sorted(k for k in settings if old_settings.get(k) != settings[k])
                 raise UserError(f"{out} holds a sweep with different settings ({', '.join(diff)}); choose a new --out")
             if not started:
                 old = {}

@@ -164,7 +164,7 @@ def test_yaml_config_reproduces_the_flags(tmp_path):
     f.write_text(TRAIN_YAML)
     from_flags = config_from_args(_parse("train", *TRAIN_FLAGS))
     from_file = config_from_args(_parse("train", "--config", str(f)))
-    # --set keeps its raw strings, the file its typed values: the same model either way
+    # --set values take their fields' types, as the file's do: the same config either way
     assert dataclasses.replace(from_file, overrides={}) == dataclasses.replace(from_flags, overrides={})
     assert get_config(from_file.preset, from_file.overrides) == get_config(from_flags.preset, from_flags.overrides)
     assert (from_file.lr, from_file.tokens, from_file.mesh, from_file.gns) == (
@@ -173,10 +173,8 @@ def test_yaml_config_reproduces_the_flags(tmp_path):
         {"data": 2, "fsdp": 4},
         False,
     )
-    assert from_file.overrides == {"n_layer": 3, "d_model": 96} and from_flags.overrides == {
-        "n_layer": "3",
-        "d_model": "96",
-    }
+    assert from_file.overrides == from_flags.overrides == {"n_layer": 3, "d_model": 96}  # --set values typed too
+    assert from_file == from_flags
     # the resolved config, written and read back (YAML and JSON), gives the same run again
     for name in ("resolved.yaml", "resolved.json"):
         out = tmp_path / name
@@ -197,7 +195,7 @@ def test_flags_override_the_file(tmp_path):
     )
     assert cfg.lr == 0.01 and cfg.schedule == "wsd"  # the flag wins; the rest stays from the file
     assert cfg.steps == 7 and cfg.tokens is None  # --steps replaces the file's token budget
-    assert cfg.overrides == {"n_layer": "5", "d_model": 96}  # --set adds to the file's overrides
+    assert cfg.overrides == {"n_layer": 5, "d_model": 96}  # --set adds to the file's overrides
     assert cfg.mesh == {"tensor": 2}  # --mesh replaces the file's mesh
 
 
