@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from scalinglab import host_malloc
 from scalinglab.models import accounting
 from scalinglab.models.config import ModelConfig
 from scalinglab.models.transformer import Transformer
@@ -198,6 +199,7 @@ def run(quick: bool = False, compile_torch: bool = True) -> dict[str, Any]:
         "peak_flops": peak,
         "peak_source": "measured f32 matmul" if platform == "cpu" else "table (bf16 dense)",
         "timing": f"median of {rounds} interleaved rounds of {n_steps} steps per contestant",
+        "host_malloc_kept": host_malloc.applied,  # both contestants run in this process, same allocator
         "models": models,
         "gns_overhead_max": max(r["gns_overhead"] for r in models.values()),
     }

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scalinglab import compile_cache, platforms
+from scalinglab import compile_cache, host_malloc, platforms
 from scalinglab.errors import Interrupted, UserError
 from scalinglab.fileio import require_local
 
@@ -95,6 +95,8 @@ _DIRECTORY_FLAGS = {"out": "--out", "plot": "--plot", "data_dir": "--data-dir"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     platforms.skip_absent_tpu()  # before anything imports JAX, which reads JAX_PLATFORMS once
+    if platforms.runs_on_cpu():  # before JAX starts its threads
+        host_malloc.keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "no_cache", False):

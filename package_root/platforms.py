@@ -24,6 +24,11 @@ def has_tpu_chips(dev_globs: tuple[str, ...] = TPU_DEVICE_GLOBS) -> bool:
     return any(glob.glob(g) for g in dev_globs)
 
 
+def has_cuda_plugin() -> bool:
+    """Whether JAX's CUDA plugin is installed (the ``cuda`` extra)."""
+    return any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+
+
 def skip_absent_tpu(
     environ: MutableMapping[str, str] = os.environ, dev_globs: tuple[str, ...] = TPU_DEVICE_GLOBS
 ) -> str | None:
@@ -32,8 +37,16 @@ def skip_absent_tpu(
     returns the value set, or None when nothing changed."""
     if environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None or has_tpu_chips(dev_globs):
         return None
-    cuda = any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
-    environ["JAX_PLATFORMS"] = value = "cuda,cpu" if cuda else "cpu"
+    environ["JAX_PLATFORMS"] = value = "cuda,cpu" if has_cuda_plugin() else "cpu"
     if "jax" in sys.modules and environ is os.environ:  # imported already: JAX read the variable then
         sys.modules["jax"].config.update("jax_platforms", value)
     return value
+
+
+def runs_on_cpu(environ: MutableMapping[str, str] = os.environ, dev_globs: tuple[str, ...] = TPU_DEVICE_GLOBS) -> bool:
+    """Whether JAX will compute on the host CPU here: ``JAX_PLATFORMS=cpu``, or no TPU chips and
+    no CUDA plugin installed (decided without importing JAX)."""
+    chosen = environ.get("JAX_PLATFORMS", "")
+    if chosen:
+        return chosen.split(",")[0].strip() == "cpu"
+    return not has_cuda_plugin() and not (importlib.util.find_spec("libtpu") is not None and has_tpu_chips(dev_globs))
