@@ -12,6 +12,15 @@ microbatch loop — accumulation, or GNS over two sequential halves — is estim
 loop-free step of one microbatch, ``estimate_method`` says which), ``predicted_mfu`` = exact training FLOPs of the
 step (:mod:`scalinglab.models.accounting`) / (chips × bf16 peak × estimated_step_s), under the
 full-attention count and the causal count (``predicted_mfu_causal``), ``topology``, ``device_kind``.
+
+XLA's ``optimal_seconds`` is sometimes ≤ 0 (seen for gpt2-small on v5e:2x2 and for the ladder presets'
+largest runs): ``estimated_step_s`` is then None. Beside it, always labelled as such,
+``roofline_step_s`` is a roofline from the same ``cost_analysis()``: per chip, the larger of
+``flops`` / the chip's bf16 peak (:data:`scalinglab.train.mfu.PEAK_FLOPS`) and ``bytes accessed`` /
+the chip's HBM bandwidth (:data:`HBM_BANDWIDTH`), × K for a step of K microbatches like the estimate
+(the SPMD program XLA costs is one chip's); ``roofline_mfu`` is ``predicted_mfu`` with it. It assumes
+compute and memory traffic overlap perfectly and ignores communication between chips: a bound from
+XLA's own counts, not XLA's estimate and not a measurement.
 """
 
 from __future__ import annotations
@@ -34,6 +43,15 @@ HBM_BYTES: dict[str, int] = {
     "TPU v5 lite": 16 * GiB,  # v5e
     "TPU v5": 95 * GiB,  # v5p
     "TPU v6 lite": 32 * GiB,  # v6e (Trillium)
+}
+
+# HBM bandwidth per chip, bytes/s, by jax device_kind (Cloud TPU system architecture pages,
+# docs.cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e: 1200, 819, 2765 and 1638 GBps).
+HBM_BANDWIDTH: dict[str, float] = {
+    "TPU v4": 1200e9,
+    "TPU v5 lite": 819e9,  # v5e
+    "TPU v5": 2765e9,  # v5p
+    "TPU v6 lite": 1638e9,  # v6e (Trillium)
 }
 
 # generation → (topology prefix, 3-D torus?, chips per accelerator-type core count)
@@ -100,11 +118,29 @@ def topology_devices(name: str) -> list[Any]:
         raise UserError(f"--topology {name}: libtpu cannot describe {topo}: {str(e).splitlines()[0]}") from None
 
 
-def hbm_capacity(device_kind: str) -> int | None:
-    for kind, size in sorted(HBM_BYTES.items(), key=lambda kv: -len(kv[0])):
+def _by_kind(table: dict[str, Any], device_kind: str) -> Any:
+    """``table``'s entry for ``device_kind`` (longest matching key first), None if none matches."""
+    for kind, value in sorted(table.items(), key=lambda kv: -len(kv[0])):
         if kind.lower() in device_kind.lower():
-            return size
+            return value
     return None
+
+
+def hbm_capacity(device_kind: str) -> int | None:
+    return _by_kind(HBM_BYTES, device_kind)
+
+
+def roofline_seconds(cost: dict[str, float], device_kind: str) -> float | None:
+    """One chip's roofline time of a program XLA costed (``cost_analysis()``: ``flops``, ``bytes
+    accessed``), seconds: max(flops / bf16 peak, bytes / HBM bandwidth); None when unknown."""
+    from scalinglab.train import mfu as mfu_lib
+
+    peak, bandwidth = mfu_lib.table_peak_flops(device_kind, "bfloat16"), _by_kind(HBM_BANDWIDTH, device_kind)
+    flops, moved = float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
+    if not (peak and bandwidth and flops >= 0 and moved >= 0):  # NaN fails too
+        return None
+    seconds = max(flops / peak, moved / bandwidth)
+    return seconds if seconds > 0 else None
 
 
 def _compile(lowered: Any) -> Any:
@@ -142,13 +178,14 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
     mem = compiled.memory_analysis()
     k = built.micro_steps
     if k == 1:
-        step_s, method = _optimal_seconds(compiled), "xla optimal_seconds"
+        costed, method = compiled, "xla optimal_seconds"
     else:  # the loop-free step of one microbatch, K times
         unit = dataclasses.replace(cfg, batch_size=cfg.batch_size // k, grad_accum=1, gns=False)
-        step_s = k * _optimal_seconds(
-            _compile(lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered)
-        )
+        costed = _compile(lower_train_step(unit, model_cfg, devices=devices, n_processes=n_proc).lowered)
         method = f"{k} x xla optimal_seconds of one microbatch"
+    cost = _cost(costed)
+    step_s = k * float(cost.get("optimal_seconds", float("nan")))
+    roofline = roofline_seconds(cost, devices[0].device_kind)
     hbm = int(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
     capacity = hbm_capacity(devices[0].device_kind)
     return _result(
@@ -163,6 +200,7 @@ def check(cfg: Any, model_cfg: Any, topology: str, devices: list[Any] | None = N
         mem=mem,
         step_s=step_s,
         method=method,
+        roofline_s=None if roofline is None else k * roofline,
     )
 
 
@@ -179,6 +217,7 @@ def _result(
     mem=None,
     step_s=float("nan"),
     method=None,
+    roofline_s=None,
 ) -> dict[str, Any]:
     from scalinglab.models import accounting
     from scalinglab.train import mfu as mfu_lib
@@ -209,6 +248,8 @@ def _result(
         "train_flops_per_step_causal": int(flops_causal),
         "predicted_mfu": flops / denom if denom else None,
         "predicted_mfu_causal": flops_causal / denom if denom else None,
+        "roofline_step_s": roofline_s,  # a bound from XLA's flops and bytes (module doc), not XLA's estimate
+        "roofline_mfu": flops / (len(devices) * peak * roofline_s) if (peak and roofline_s) else None,
         "non_embedding": int(counts["non_embedding"]),
         "total": int(counts["total"]),
         "batch_size": cfg.batch_size,
@@ -246,11 +287,12 @@ def _per_chip_bytes(abstract: Any) -> int:
     )
 
 
-def _optimal_seconds(compiled: Any) -> float:
-    """XLA's estimated run time of a compiled program, seconds (NaN when it gives none)."""
+def _cost(compiled: Any) -> dict[str, float]:
+    """XLA's cost analysis of a compiled program (``flops``, ``bytes accessed``, ``optimal_seconds``
+    in seconds, ...); empty when it gives none."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("optimal_seconds", float("nan")))
+    return dict(cost or {})
 
 
 def process_count(devices: list[Any]) -> int:

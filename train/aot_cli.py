@@ -93,6 +93,7 @@ def _aot(args: argparse.Namespace) -> int:
             f"HBM {_fmt_bytes(r['hbm_bytes_per_chip'])} of {_fmt_bytes(r['hbm_capacity_bytes'])} per chip "
             f"({'fits' if r['fits'] else 'DOES NOT FIT'}), step ≈ {step} s, "
             f"predicted MFU {mfu} (causal count {mfu_c})"
+            + ("" if r["roofline_step_s"] is None else f"; roofline bound {r['roofline_step_s']:.4g} s")
         )
     return 0
 

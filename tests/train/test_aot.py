@@ -48,6 +48,18 @@ def test_small_config_fits_v5e_with_positive_estimate_and_mfu(capsys):
     assert 0 < r["predicted_mfu_causal"] < r["predicted_mfu"] <= 1
     forward = forward_flops_per_token(get_config("gpt2-tiny"), 64)["matmul_exact"]
     assert r["train_flops_per_step"] == 8 * 64 * 3 * forward
+    # the roofline bound: at least the exact training FLOPs of one chip's quarter at the v5e bf16 peak
+    assert r["roofline_step_s"] >= r["train_flops_per_step"] / (4 * 197e12)
+    assert r["roofline_mfu"] == pytest.approx(r["train_flops_per_step"] / (4 * 197e12 * r["roofline_step_s"]))
+
+
+def test_roofline_is_the_slower_of_compute_and_hbm_traffic():
+    """v5e: 197e12 bf16 FLOP/s and 819 GB/s per chip (Cloud TPU v5e system architecture page)."""
+    assert aot.roofline_seconds({"flops": 2 * 197e12, "bytes accessed": 819e9}, "TPU v5 lite") == 2.0
+    assert aot.roofline_seconds({"flops": 197e12, "bytes accessed": 3 * 819e9}, "TPU v5 lite") == 3.0
+    assert aot.roofline_seconds({"flops": 275e12, "bytes accessed": 0.0}, "TPU v4") == 1.0
+    assert aot.roofline_seconds({"optimal_seconds": -1.0}, "TPU v5 lite") is None  # no flops/bytes: none
+    assert aot.roofline_seconds({"flops": 1e12, "bytes accessed": 1e9}, "cpu") is None  # unknown chip
 
 
 @needs_libtpu
