@@ -10,6 +10,8 @@
 4. fits everything and writes the report (``report.md``, ``report.html``, ``fits.json``, figures).
 
 Everything is resumable: rerunning the demo skips finished runs and resumes partial ones.
+Run as several processes (``scalinglab-launch-local``, a TPU slice) it starts ``jax.distributed``;
+process 0 decides and writes, the others follow.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from scalinglab.rundir import RESOLVED_CONFIG
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.executor import Executor, ExecutorOptions, make_executor
+from scalinglab.train.multihost import agreed, is_main
 from scalinglab.train.options import Part, Schema, option
 from scalinglab.train.plan import LadderSpec, format_seconds, plan_ladder, plan_lr_search, plan_table
+from scalinglab.train.sweep import DEFAULT_LR_GRID
 
 # The CPU demo ladder: budgets in training FLOPs per run, sizes in non-embedding parameters.
 DEMO_SPEC = LadderSpec(
@@ -51,7 +55,9 @@ DEMO_SPEC = LadderSpec(
 # 5-point lr grid (0.25..4 × the √ rule from 2e-3 at B = 16). Batch sizes 2..32 sequences around its
 # B_crit (a few sequences at these losses); 0.5M tokens per run keeps the 25 runs' steps (40k) below
 # the former 6-run √-rule sweep's (32k at 2M tokens, B = 2..64) plus a quarter.
-DEMO_SWEEP = dict(preset="gpt2-tiny", batch_sizes=(2, 4, 8, 16, 32), tokens=524_288, lr=2e-3, base_batch=16)
+DEMO_SWEEP = dict(
+    preset="gpt2-tiny", batch_sizes=(2, 4, 8, 16, 32), tokens=524_288, lr=2e-3, base_batch=16, lr_grid=DEFAULT_LR_GRID
+)
 DEMO_TRAIN = dict(eval_every=50, eval_batches=16, log_every=5, checkpoint_every=0)
 
 
@@ -89,6 +95,9 @@ def run_demo(
 
     ``resolved_config``: the command's settings, written as ``out/config.yaml`` once the data is ready.
     ``executor``: trains the runs of the ladder and of the sweep (default: one after another, here).
+    Several processes (``jax.distributed``): process 0 checks ``out``, prepares the data (into a
+    ``data_dir`` every process reads), writes and logs; the others wait for its decisions
+    (:func:`scalinglab.train.multihost.agreed`) and train the same runs with it.
     """
     from scalinglab.outdir import check_out_dir, mark_out_dir
     from scalinglab.scaling.report import write_report
@@ -97,13 +106,22 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out)
-    ours = check_out_dir(out, "demo", owned=("ladder", "report", RESOLVED_CONFIG), force=force)
+    main = is_main()  # several processes: process 0 checks, prepares and writes; the others follow
+    if not main:
+        log = lambda s: None  # noqa: E731
     dataset, config = SYNTHETIC_DATASET if synthetic else ("local_text", None)
-    ds = ensure_prepared(dataset, data_dir, log, config)
-    mark_out_dir(out, "demo", ours)
-    if resolved_config is not None:
-        write_config_file(out / RESOLVED_CONFIG, resolved_config)
-    spec = dataclasses.replace(DEMO_SPEC, vocab_size=int(ds.vocab_size))
+
+    def start() -> int:
+        """The out-dir check, the data preparation and the first writes (process 0); the vocabulary size."""
+        ours = check_out_dir(out, "demo", owned=("ladder", "report", RESOLVED_CONFIG), force=force)
+        ds = ensure_prepared(dataset, data_dir, log, config)
+        mark_out_dir(out, "demo", ours)
+        if resolved_config is not None:
+            write_config_file(out / RESOLVED_CONFIG, resolved_config)
+        return int(ds.vocab_size)
+
+    vocab_size = agreed(start)  # the other processes wait until the data is prepared (shared data dir)
+    spec = dataclasses.replace(DEMO_SPEC, vocab_size=vocab_size)
     runs = plan_ladder(spec)
     search = plan_lr_search(spec, runs)
     log(plan_table([*search, *runs]))
@@ -124,7 +142,7 @@ def run_demo(
     sweep = DEMO_SWEEP
     base = TrainConfig(
         preset=sweep["preset"],
-        overrides={"vocab_size": int(ds.vocab_size), "n_ctx": spec.seq_len},
+        overrides={"vocab_size": vocab_size, "n_ctx": spec.seq_len},
         dataset=dataset,
         data_dir=data_dir,
         seq_len=spec.seq_len,
@@ -138,6 +156,7 @@ def run_demo(
         sweep["batch_sizes"],
         out=ladder_dir / "sweep",
         base_batch=sweep["base_batch"],
+        lr_grid=sweep["lr_grid"],
         log=log,
         executor=executor,
         log_every=DEMO_TRAIN["log_every"],
@@ -145,7 +164,8 @@ def run_demo(
         checkpoint_every=0,
     )
     log(f"[demo] sweep done after {format_seconds(time.perf_counter() - t0)}; fitting and writing the report")
-    report_dir = write_report(ladder_dir, out / "report")
+    # process 0 fits and writes the report; the others wait for it (and share a UserError it raises)
+    report_dir = Path(agreed(lambda: str(write_report(ladder_dir, out / "report"))))
     log(f"[demo] finished in {format_seconds(time.perf_counter() - t0)}: {report_dir / 'report.md'}")
     return report_dir
 
@@ -168,6 +188,9 @@ SCHEMA = Schema(
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from scalinglab.train import distributed
+
+    distributed.initialize()  # several processes (env SCALINGLAB_COORDINATOR..., Cloud TPU): jax.distributed
     values = SCHEMA.values(args)
     opts: DemoOptions = SCHEMA.build(DemoOptions, values)
     data: TrainConfig = SCHEMA.build(TrainConfig, values)
@@ -182,7 +205,8 @@ def _demo(args: argparse.Namespace) -> int:
             force=opts.force,
             executor=executor,
         )
-    print(report / "report.md")
+    if is_main():
+        print(report / "report.md")
     return 0
 
 

@@ -53,6 +53,7 @@ from scalinglab.train.config import TRAIN_SCHEMA, TrainConfig, validate
 from scalinglab.train.config_file import write_config_file
 from scalinglab.train.data_feed import ProcessBatches
 from scalinglab.train.diskfull import quiet_background_errors
+from scalinglab.train.multihost import agreed
 from scalinglab.train.program import TrainProgram, build_program
 from scalinglab.train.schedules import wsd_decay_steps
 
@@ -244,9 +245,17 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> dict[str, Any]:
     if cfg.branch_from is not None:
         cfg = validate(_branch_config(cfg))
     run_dir = Path(cfg.out)
-    if (run_dir / SUMMARY_FILE).exists() and cfg.resume:
+
+    def finished() -> bool:
+        """Whether the run is complete (and this is a resume); else the run directory is checked."""
+        if (run_dir / SUMMARY_FILE).exists() and cfg.resume:
+            return True
+        check_out_dir(run_dir, "run", owned=RUN_DIR_FILES, signature=CONFIG_FILE, force=None)
+        return False
+
+    # several processes: process 0 looks (the others could see its files being written) and all agree
+    if agreed(finished):
         return read_json(run_dir / SUMMARY_FILE)
-    check_out_dir(run_dir, "run", owned=RUN_DIR_FILES, signature=CONFIG_FILE, force=None)
     if jax.process_index() != 0:  # process 0 holds the run's lock for all
         return _train(cfg, progress)
     created = not run_dir.exists()
