@@ -63,7 +63,8 @@ LR = 1e-3
 
 def _ours(cfg: ModelConfig, batch: int, seq_len: int, *, gns: bool, dtype) -> Callable[[int], None]:
     """``run(n)``: n of our jitted train steps (compiled and run once here)."""
-    model = Transformer(cfg, rngs=nnx.Rngs(params=0), dtype=dtype)
+    matmul_impl = "cpu" if jax.devices()[0].platform == "cpu" else "xla"  # as train/program.py chooses
+    model = Transformer(cfg, rngs=nnx.Rngs(params=0), dtype=dtype, matmul_impl=matmul_impl)
     graphdef, state = nnx.split(model, nnx.Param)
     schedule = optax.constant_schedule(LR)
     opt = make_optimizer(schedule, weight_decay=0.1, clip=1.0)

@@ -194,9 +194,11 @@ class _OneKey:
     __call__ = params
 
 
-def abstract_model(cfg: ModelConfig, dtype: Any = None, remat: str = "none") -> tuple[Any, Any]:
+def abstract_model(
+    cfg: ModelConfig, dtype: Any = None, remat: str = "none", matmul_impl: str = "xla"
+) -> tuple[Any, Any]:
     """(graphdef, abstract state) of the model: shapes only, no weights allocated (dtype: float32;
-    ``remat``: the blocks' rematerialisation, see the transformer)."""
+    ``remat``, ``matmul_impl``: see the transformer)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -204,7 +206,9 @@ def abstract_model(cfg: ModelConfig, dtype: Any = None, remat: str = "none") -> 
 
     dtype = jnp.float32 if dtype is None else dtype
     keys = _OneKey()
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=keys, dtype=dtype, remat=remat))  # type: ignore[arg-type]
+    model = nnx.eval_shape(
+        lambda: Transformer(cfg, rngs=keys, dtype=dtype, remat=remat, matmul_impl=matmul_impl)  # type: ignore[arg-type]
+    )
     return nnx.split(model)
 
 

@@ -25,8 +25,8 @@ rematerialises each block in the backward pass (``jax.checkpoint`` with a policy
 :data:`REMAT_POLICIES`): ``none`` keeps every activation, ``dots`` keeps only the outputs of
 weight matmuls (projections, MLP; MaxText's "minimal"), recomputing elementwise work and the
 T×T attention scores and weighted values, ``full`` keeps only each block's input. Every matmul
-the forward runs is an ``einsum`` listed in this file; the attention score and
-value matmuls run inside ``jax.nn.dot_product_attention`` over the full T×T matrix.
+the forward runs is an ``einsum`` listed in this file or in :mod:`scalinglab.models.attention`
+(the attention score and value matmuls, over the full T×T matrix).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scalinglab.models import mup
+from scalinglab.models.attention import causal_attention
 from scalinglab.models.config import ModelConfig
+from scalinglab.models.projection import cpu_einsum
 from scalinglab.models.sharding import constrain_batch
 
 Dtype = Any
@@ -50,6 +52,10 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
+
+# matmul_impl name -> the einsum of every projection: "xla" as is; "cpu" with the weight gradient
+# in the layout of XLA:CPU's fast dot kernel (scalinglab.models.projection).
+MATMUL_IMPLS: dict[str, Any] = {"xla": jnp.einsum, "cpu": cpu_einsum}
 
 
 def _hidden_stds(cfg: ModelConfig) -> tuple[float, float]:
@@ -83,8 +89,10 @@ def _dense(
     std: float,
     dtype: Dtype,
     rngs: nnx.Rngs,
+    matmul_impl: str = "xla",
 ) -> nnx.Einsum:
-    """An ``nnx.Einsum`` projection with f32 params, N(0, std) kernel, zero bias."""
+    """An ``nnx.Einsum`` projection with f32 params, N(0, std) kernel, zero bias, computed by
+    ``MATMUL_IMPLS[matmul_impl]``."""
     return nnx.Einsum(
         spec,
         kernel_shape,
@@ -93,6 +101,7 @@ def _dense(
         param_dtype=jnp.float32,
         kernel_init=_normal(std),
         bias_init=nnx.initializers.zeros_init(),
+        einsum_op=MATMUL_IMPLS[matmul_impl],
         rngs=rngs,
         kernel_metadata=_meta(*kernel_axes),
         bias_metadata=_meta(*bias_axes) if bias_axes else {},
@@ -139,7 +148,8 @@ def rope(x_BTNH: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """Causal multi-head / grouped-query self-attention via ``jax.nn.dot_product_attention``."""
+    """Causal multi-head / grouped-query self-attention: :func:`scalinglab.models.attention.causal_attention`
+    by default, ``jax.nn.dot_product_attention`` with ``implementation=attention_impl`` when one is named."""
 
     def __init__(
         self,
@@ -148,11 +158,12 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Dtype = jnp.float32,
         attention_impl: str | None = None,
+        matmul_impl: str = "xla",
     ):
         D, N, K, H = cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim
         bias = cfg.use_bias
         std, out_std = _hidden_stds(cfg)
-        kw = dict(dtype=dtype, rngs=rngs)
+        kw = dict(dtype=dtype, rngs=rngs, matmul_impl=matmul_impl)
         self.q = _dense(
             "BTD,DNH->BTNH",
             (D, N, H),
@@ -198,20 +209,24 @@ class Attention(nnx.Module):
         q_BTNH, k_BTKH, v_BTKH = self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)
         if self.use_rope:
             q_BTNH, k_BTKH = rope(q_BTNH, self.rope_theta), rope(k_BTKH, self.rope_theta)
-        out_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BTKH, v_BTKH, scale=self.scale, is_causal=True, implementation=self.attention_impl
-        )
+        if self.attention_impl is None:
+            scale = self.scale if self.scale is not None else q_BTNH.shape[-1] ** -0.5
+            out_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH, scale)
+        else:
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH, k_BTKH, v_BTKH, scale=self.scale, is_causal=True, implementation=self.attention_impl
+            )
         return self.o(out_BTNH)
 
 
 class MLP(nnx.Module):
     """GELU (tanh) MLP for gpt2; SwiGLU (silu(x W_gate) ⊙ x W_up) W_down for modern."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32, matmul_impl: str = "xla"):
         D, F = cfg.d_model, cfg.ff_dim
         bias = cfg.use_bias
         std, out_std = _hidden_stds(cfg)
-        kw = dict(dtype=dtype, rngs=rngs)
+        kw = dict(dtype=dtype, rngs=rngs, matmul_impl=matmul_impl)
         self.gated = cfg.family != "gpt2"
         self.up = _dense("BTD,DF->BTF", (D, F), ("embed", "mlp"), (F,) if bias else None, ("mlp",), std=std, **kw)
         if self.gated:
@@ -238,11 +253,12 @@ class Block(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Dtype = jnp.float32,
         attention_impl: str | None = None,
+        matmul_impl: str = "xla",
     ):
         self.ln_1 = _norm(cfg, dtype, rngs)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl, matmul_impl=matmul_impl)
         self.ln_2 = _norm(cfg, dtype, rngs)
-        self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
+        self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, matmul_impl=matmul_impl)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         x_BTD = x_BTD + self.attn(self.ln_1(x_BTD))
@@ -260,10 +276,13 @@ class Transformer(nnx.Module):
       cfg: the model config (a ModelConfig is valid by construction).
       rngs: ``nnx.Rngs`` used for parameter init.
       dtype: compute dtype; parameters are stored in float32 regardless.
-      attention_impl: passed to ``jax.nn.dot_product_attention`` (None → XLA;
-        ``"cudnn"`` for the fused GPU kernel).
+      attention_impl: None → :func:`scalinglab.models.attention.causal_attention` (hand-written
+        backward, the same numbers); a name (``"xla"``, ``"cudnn"`` for the fused GPU kernel) →
+        ``jax.nn.dot_product_attention`` with that implementation.
       remat: ``none``, ``dots`` or ``full`` (see :data:`REMAT_POLICIES`); the same
         numbers, less activation memory, more backward FLOPs.
+      matmul_impl: ``xla`` or ``cpu`` (see :data:`MATMUL_IMPLS`); the same numbers, ``cpu``
+        faster on XLA:CPU.
     """
 
     def __init__(
@@ -274,9 +293,12 @@ class Transformer(nnx.Module):
         dtype: Dtype = jnp.float32,
         attention_impl: str | None = None,
         remat: str = "none",
+        matmul_impl: str = "xla",
     ):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat {remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+        if matmul_impl not in MATMUL_IMPLS:
+            raise ValueError(f"unknown matmul_impl {matmul_impl!r}; choose one of {', '.join(MATMUL_IMPLS)}")
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
@@ -301,7 +323,10 @@ class Transformer(nnx.Module):
                 rngs=rngs,
             )
         self.blocks = nnx.List(
-            [Block(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl) for _ in range(cfg.n_layer)]
+            [
+                Block(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl, matmul_impl=matmul_impl)
+                for _ in range(cfg.n_layer)
+            ]
         )
         self.ln_f = _norm(cfg, dtype, rngs)
         if not cfg.tied:
