@@ -49,7 +49,7 @@ DEMO_SPEC = LadderSpec(
     lr=3e-3,  # the centre of the lr search grid (0.75e-3 .. 12e-3)
     lr_protocol="search",
     lr_search_sizes=3,
-    lr_search_extend=0,  # the demo keeps its 15 search runs (time); edges are flagged in the log and report
+    lr_search_extend=2,  # a size whose best lr is at the grid edge gets up to 2 more runs beyond it
 )
 # The demo's batch-size sweep: a small model on a fixed token budget, every batch size at the default
 # 5-point lr grid (0.25..4 × the √ rule from 2e-3 at B = 16). Batch sizes 2..32 sequences around its
