@@ -173,23 +173,17 @@ class Attention(nnx.Module):
             std=std,
             **kw,
         )
-        self.k = _dense(
-            "BTD,DKH->BTKH",
-            (D, K, H),
-            ("embed", "kv_heads", "head_dim"),
-            (K, H) if bias else None,
-            ("kv_heads", "head_dim"),
-            std=std,
-            **kw,
-        )
-        self.v = _dense(
-            "BTD,DKH->BTKH",
-            (D, K, H),
-            ("embed", "kv_heads", "head_dim"),
-            (K, H) if bias else None,
-            ("kv_heads", "head_dim"),
-            std=std,
-            **kw,
+        self.k, self.v = (  # k first, then v: the order they draw their initial values
+            _dense(
+                "BTD,DKH->BTKH",
+                (D, K, H),
+                ("embed", "kv_heads", "head_dim"),
+                (K, H) if bias else None,
+                ("kv_heads", "head_dim"),
+                std=std,
+                **kw,
+            )
+            for _ in range(2)
         )
         self.o = _dense(
             "BTNH,NHD->BTD",

@@ -11,6 +11,7 @@ from scalinglab.cli import emit_json
 from scalinglab.errors import UserError
 from scalinglab.fileio import json_safe
 from scalinglab.scaling.bootstrap import DEFAULT_RESAMPLES
+from scalinglab.scaling.law_names import LAWS
 from scalinglab.scaling.load import KNOWN_COLUMNS, PARAMS_CONVENTIONS
 
 HUBER_DELTA = 1e-3  # = chinchilla.HUBER_DELTA (not imported here: that module imports jax)
@@ -29,17 +30,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--law",
         required=True,
-        choices=[
-            "chinchilla",
-            "kaplan-n",
-            "kaplan-d",
-            "kaplan-c",
-            "kaplan-nd",
-            "isoflop",
-            "envelope",
-            "kaplan-ns",
-            "kaplan-cmin",
-        ],
+        choices=LAWS,
         help="chinchilla = approach 3, isoflop = approach 2, envelope = approach 1; kaplan-ns = "
         "L(N, S_min), kaplan-cmin = L(C_min) (B_crit(L) from --sweep, else from the runs' B_simple)",
     )

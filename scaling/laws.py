@@ -14,31 +14,9 @@ from scalinglab.scaling import chinchilla, kaplan, quality
 from scalinglab.scaling.envelope import fit_envelope
 from scalinglab.scaling.flops_model import model_from_table
 from scalinglab.scaling.isoflop import fit_isoflop
+from scalinglab.scaling.law_names import LAWS, LOSS_LAWS, N_PARAMS
 from scalinglab.scaling.load import RunTable, require_points
 
-LAWS = (
-    "chinchilla",
-    "kaplan-n",
-    "kaplan-d",
-    "kaplan-c",
-    "kaplan-nd",
-    "isoflop",
-    "envelope",
-    "kaplan-ns",
-    "kaplan-cmin",
-)
-LOSS_LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd")
-N_PARAMS = {
-    "chinchilla": 5,
-    "kaplan-n": 2,
-    "kaplan-d": 2,
-    "kaplan-c": 2,
-    "kaplan-nd": 4,
-    "isoflop": 6,
-    "envelope": 2,
-    "kaplan-ns": 1,
-    "kaplan-cmin": 2,
-}
 # ``--params auto``: each law in its paper's convention, so its numbers compare like for like
 # with the published ones (Hoffmann et al. 2022 count every parameter; Kaplan et al. 2020 leave
 # out the embedding tables; see docs/readme/scaling.md).

@@ -38,17 +38,8 @@ def largest_run(runs: Sequence[PlannedRun]) -> PlannedRun:
 
 def estimate_bytes(run: PlannedRun, cfg: TrainConfig, chips: int) -> dict[str, int]:
     """:func:`memory.estimate` of ``run`` per device under ``cfg``'s dtype, mesh, remat and accumulation."""
-    shape = cfg.mesh_shape(chips, 1)
-    return memory.estimate(
-        run.config,
-        batch_size=run.batch_size,
-        seq_len=run.seq_len,
-        grad_accum=cfg.grad_accum,
-        dtype=cfg.dtype,
-        shards=shape["data"] * shape["fsdp"],
-        model_shards=shape["fsdp"] * shape["tensor"],
-        remat=cfg.remat,
-    )
+    sizes = memory.sizes_for(cfg, cfg.mesh_shape(chips, 1), batch_size=run.batch_size, seq_len=run.seq_len)
+    return memory.estimate(run.config, **sizes)
 
 
 def _lever(run: PlannedRun, cfg: TrainConfig, chips: int, capacity: int) -> str:

@@ -304,17 +304,7 @@ def _train(cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
         )
     shape = cfg.mesh_shape(jax.device_count(), n_proc)
     cpu = jax.default_backend() == "cpu"
-    mem = memory.check_fits(
-        model_cfg,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
-        grad_accum=cfg.grad_accum,
-        dtype=cfg.dtype,
-        remat=cfg.remat,
-        what=f"run {run_dir}",
-        shards=1 if cpu else shape["data"] * shape["fsdp"],
-        model_shards=1 if cpu else shape["fsdp"] * shape["tensor"],
-    )
+    mem = memory.check_fits(model_cfg, what=f"run {run_dir}", **memory.sizes_for(cfg, None if cpu else shape))
     try:
         program = build_program(cfg, model_cfg)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is explained, the rest re-raised

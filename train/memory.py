@@ -64,6 +64,24 @@ def estimate(
     return {"state": state, "activations": act, "total": state + act}
 
 
+def sizes_for(
+    cfg: Any, mesh_shape: dict[str, int] | None = None, *, batch_size: int | None = None, seq_len: int | None = None
+) -> dict[str, Any]:
+    """:func:`estimate`'s keyword arguments for a :class:`~scalinglab.train.config.TrainConfig` (its batch,
+    sequence, accumulation, dtype, remat; ``batch_size``/``seq_len`` override), per device of
+    ``mesh_shape`` (None: unsharded, as on CPU, where every device shares the host's memory)."""
+    shape = mesh_shape or {}
+    return {
+        "batch_size": cfg.batch_size if batch_size is None else batch_size,
+        "seq_len": cfg.seq_len if seq_len is None else seq_len,
+        "grad_accum": cfg.grad_accum,
+        "dtype": cfg.dtype,
+        "remat": cfg.remat,
+        "shards": shape.get("data", 1) * shape.get("fsdp", 1),
+        "model_shards": shape.get("fsdp", 1) * shape.get("tensor", 1),
+    }
+
+
 def available_bytes() -> tuple[int | None, str]:
     """(bytes, what) a run may use: the first device's limit on accelerators, physical RAM on CPU."""
     import jax
@@ -85,29 +103,11 @@ def available_bytes() -> tuple[int | None, str]:
 LEVERS = "lower --batch-size, raise --grad-accum, shorten --seq-len or use a smaller model"
 
 
-def check_fits(
-    model_cfg: Any,
-    *,
-    batch_size: int,
-    seq_len: int,
-    grad_accum: int = 1,
-    dtype: str = "float32",
-    shards: int = 1,
-    model_shards: int = 1,
-    remat: str = "none",
-    what: str = "this run",
-) -> dict[str, int]:
-    """UserError (exit 2, before anything is written) when the estimate exceeds the memory available."""
-    est = estimate(
-        model_cfg,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        grad_accum=grad_accum,
-        dtype=dtype,
-        shards=shards,
-        model_shards=model_shards,
-        remat=remat,
-    )
+def check_fits(model_cfg: Any, *, what: str = "this run", **sizes: Any) -> dict[str, int]:
+    """UserError (exit 2, before anything is written) when the estimate exceeds the memory available;
+    ``sizes``: the keyword arguments of :func:`estimate` (batch_size, seq_len, grad_accum, ...)."""
+    est = estimate(model_cfg, **sizes)
+    batch_size, grad_accum = sizes["batch_size"], sizes.get("grad_accum", 1)
     limit, where = available_bytes()
     if limit is not None and est["total"] > limit:
         raise UserError(

@@ -165,18 +165,11 @@ def sweep_run(
 def check_all_fit(runs: Sequence[SweepRun]) -> None:
     """UserError (exit 2) naming the first batch size whose run cannot fit in memory, before any trains."""
     from scalinglab.models.config import get_config
-    from scalinglab.train.memory import check_fits
+    from scalinglab.train.memory import check_fits, sizes_for
 
     for r in sorted(runs, key=lambda r: -r.batch_size):
         c = r.config
-        check_fits(
-            get_config(c.preset, c.overrides),
-            batch_size=c.batch_size,
-            seq_len=c.seq_len,
-            grad_accum=c.grad_accum,
-            dtype=c.dtype,
-            what=f"batch size {r.batch_size} ({r.subdir})",
-        )
+        check_fits(get_config(c.preset, c.overrides), what=f"batch size {r.batch_size} ({r.subdir})", **sizes_for(c))
 
 
 def _settings(base: TrainConfig, lr_rule: str, base_batch: int | None, lr_grid: Sequence[float]) -> dict[str, Any]:
