@@ -16,14 +16,26 @@ Five sizes: the three benchmark sizes (batch 16 × 128) and 8L/512d (batch 8 × 
 reports its median: on a shared machine the load changes by the minute, so only side-by-side
 medians are comparable; the load average is recorded with every size.
 
-Measured and not kept (2-core Xeon, one core pinned, fwd+bwd of 6L/256d, B 16 × 128): cross
-entropy by one-hot product instead of ``take_along_axis`` (-4 %, within noise), token embedding
-as a one-hot matmul and position embedding as a slice (no gain), attention written out in a
-BNTH layout instead of ``jax.nn.dot_product_attention`` (-5 %, within noise), XLA flags
-``--xla_cpu_multi_thread_eigen=false`` and ``--xla_cpu_prefer_vector_width=512`` (no consistent
-gain). Where the time goes: the forward is on par with PyTorch (1.20 s vs 1.08 s), the backward
-is 2-2.5× slower; attention (B·N small T×T matmuls, softmax, mask, no causal skipping) is ~45 %
-of forward+backward (4.4 s with it, 2.4 s without), PyTorch's SDPA is a fused CPU kernel.
+What made our step faster (2-core Xeon, one core pinned, 6L/256d, B 16 × 128, GNS on; profiles
+from ``jax.profiler`` traces per HLO op and ``perf``): (1) glibc kept handing XLA's step buffers
+back to the kernel, so every step wrote into 250 MB of fresh zero-filled pages (64,040 minor
+faults per step): ``scalinglab.host_malloc`` keeps freed memory, 0.98 → 0.85 s; (2) attention
+through ``jax.nn.dot_product_attention`` ran 5-d grouped einsums and autodiff's softmax backward
+(several passes over B·N·T×T, transposed T×T copies): ``models/attention.py``, 0.85 → 0.80 s;
+(3) every weight gradient dW = Xᵀ·dY ran on Eigen's generic contraction (~60 GFLOP/s) because
+XLA:CPU's YNNPACK dot takes no transposed operand: ``models/projection.py`` transposes the fresh
+dY (in cache) rather than the stale X, 0.80 → 0.69 s (transposing X instead: 0.78 s, a 4 MB
+transpose of cold memory costs ~9 ms). PyTorch eager, one thread: 0.63 s.
+
+Measured and not kept: cross entropy by one-hot product instead of ``take_along_axis`` (-4 %, within
+noise), token embedding as a one-hot matmul and position embedding as a slice (no gain), XLA
+flags ``--xla_cpu_multi_thread_eigen=false``, ``--xla_cpu_prefer_vector_width=512``,
+``--xla_cpu_enable_concurrency_optimized_scheduler``, ``--xla_cpu_use_onednn``,
+``--xla_cpu_experimental_ynn_fusion_type`` variants (dot; dot,eltwise,reduce; individual_dot),
+``--xla_cpu_ftz`` (all within ±3 %, no consistent gain), glibc's ``MALLOC_*``/``GLIBC_TUNABLES``
+with only two of the three settings (still faulting), huge pages through ``glibc.malloc.hugetlb=1``
+(0.91 s vs 0.85 s). Where the time goes now: 78 % in YNNPACK dots at 115-145 GFLOP/s (PyTorch's
+oneDNN/MKL runs the same shapes at ~150), 8 % in the dY transposes, the rest elementwise.
 """
 
 from __future__ import annotations
