@@ -140,6 +140,8 @@ def _ladder(args: argparse.Namespace) -> int:
         distributed.initialize()
     values = SCHEMA.values(args)
     opts: LadderOptions = SCHEMA.build(LadderOptions, values)
+    if opts.throughput is not None and not (opts.throughput > 0 and math.isfinite(opts.throughput)):
+        raise UserError(f"--throughput is FLOP/s and must be positive, got {opts.throughput:g}")  # before any note
     how: ExecutorOptions = SCHEMA.build(ExecutorOptions, values)
     executor = LocalExecutor() if opts.emit_commands or args.dry_run else make_executor(how)
     if not args.dry_run:  # a bad --out is refused before planning (run_ladder checks again)
@@ -170,8 +172,6 @@ def _ladder(args: argparse.Namespace) -> int:
         method = "estimate" if (opts.fit_check == "auto" and args.dry_run) else opts.fit_check
         check_plan_fits(opts.ladder_preset, extra["preset"], [*search, *runs], shared, method=method)
     flops_per_s = opts.throughput
-    if flops_per_s is not None and not (flops_per_s > 0 and math.isfinite(flops_per_s)):
-        raise UserError(f"--throughput is FLOP/s and must be positive, got {flops_per_s:g}")
     if flops_per_s is None and "preset" in extra:
         flops_per_s = extra["preset"].peak_flops_per_s * extra["preset"].assumed_mfu
     if args.dry_run:
