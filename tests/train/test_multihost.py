@@ -131,12 +131,14 @@ print("agreed", first, second, flush=True)
 """
 
 
-def test_agreed_waits_for_a_slow_process_0(tmp_path, run_processes):
-    """Process 0 takes 40 s to decide (the demo's data preparation, a report's fits); the other process
-    waits for its value (a CPU gloo collective gives up after 30 s), then both take the next decision."""
+@pytest.mark.parametrize("seconds", [3, pytest.param(40, marks=pytest.mark.slow)])
+def test_agreed_waits_for_a_slow_process_0(tmp_path, run_processes, seconds):
+    """Process 0 takes a while to decide (the demo's data preparation, a report's fits); the other process
+    waits for its value, then both take the next decision. 40 s (slow run): longer than a CPU gloo
+    collective waits (30 s), which the first version of agreed() used."""
     script = tmp_path / "wait.py"
     script.write_text(WAIT_SCRIPT)
-    done = run_processes([sys.executable, str(script), "40"], devices=1, timeout=300)
+    done = run_processes([sys.executable, str(script), str(seconds)], devices=1, timeout=300)
     assert [code for code, _ in done] == [0, 0], done[0][1][-3000:] + done[1][1][-3000:]
     assert all("agreed [1, 2] two" in out for _, out in done)
 
