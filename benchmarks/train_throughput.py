@@ -55,7 +55,7 @@ from flax import nnx
 from scalinglab import host_malloc
 from scalinglab.models import accounting
 from scalinglab.models.config import ModelConfig
-from scalinglab.models.transformer import Transformer
+from scalinglab.models.transformer import Transformer, matmul_impl_for
 from scalinglab.train import mfu as mfu_lib
 from scalinglab.train import step as step_lib
 from scalinglab.train.loss import make_lm_loss
@@ -75,8 +75,7 @@ LR = 1e-3
 
 def _ours(cfg: ModelConfig, batch: int, seq_len: int, *, gns: bool, dtype) -> Callable[[int], None]:
     """``run(n)``: n of our jitted train steps (compiled and run once here)."""
-    matmul_impl = "cpu" if jax.devices()[0].platform == "cpu" else "xla"  # as train/program.py chooses
-    model = Transformer(cfg, rngs=nnx.Rngs(params=0), dtype=dtype, matmul_impl=matmul_impl)
+    model = Transformer(cfg, rngs=nnx.Rngs(params=0), dtype=dtype, matmul_impl=matmul_impl_for(jax.default_backend()))
     graphdef, state = nnx.split(model, nnx.Param)
     schedule = optax.constant_schedule(LR)
     opt = make_optimizer(schedule, weight_decay=0.1, clip=1.0)

@@ -58,6 +58,12 @@ REMAT_POLICIES: dict[str, Any] = {
 MATMUL_IMPLS: dict[str, Any] = {"xla": jnp.einsum, "cpu": cpu_einsum}
 
 
+def matmul_impl_for(platform: str) -> str:
+    """The ``matmul_impl`` a model trained on ``platform``'s devices uses: ``cpu`` on XLA:CPU, whose fast
+    dot kernel takes the weight gradients only in another layout; ``xla`` elsewhere."""
+    return "cpu" if platform == "cpu" else "xla"
+
+
 def _hidden_stds(cfg: ModelConfig) -> tuple[float, float]:
     """Init std of a block's input projections and of its residual output projections (GPT-2's
     1/sqrt(2·n_layer)), both × m^-1/2 under μP."""

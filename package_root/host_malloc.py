@@ -19,7 +19,6 @@ tuning in the environment (``GLIBC_TUNABLES``, ``MALLOC_*``) leaves glibc alone.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 from collections.abc import Mapping
@@ -48,10 +47,7 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     """
     if not sys.platform.startswith("linux") or user_tuned(environ):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
+    libc = ctypes.CDLL(None)  # the C library this process already runs on (no ldconfig lookup at start-up)
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return False  # musl and others: no such tuning
     global applied

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from scalinglab.errors import UserError
 from scalinglab.models import accounting, sharding
 from scalinglab.models.config import ModelConfig
-from scalinglab.models.transformer import Transformer
+from scalinglab.models.transformer import Transformer, matmul_impl_for
 from scalinglab.train import step as step_lib
 from scalinglab.train.config import TrainConfig
 from scalinglab.train.loss import make_lm_loss
@@ -106,8 +106,7 @@ def _lowered_parts(
         raise UserError(f"eval batch size {eval_bs} must be divisible by data×fsdp={dp} and {n_proc} processes")
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
-    # XLA:CPU runs the projections' weight gradients on its fast dot kernel only in another layout
-    matmul_impl = "cpu" if devices[0].platform == "cpu" else "xla"
+    matmul_impl = matmul_impl_for(devices[0].platform)
     graphdef, abstract_vars = accounting.abstract_model(model_cfg, dtype, remat=cfg.remat, matmul_impl=matmul_impl)
     params_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_vars, mesh))
     replicated = NamedSharding(mesh, P())
